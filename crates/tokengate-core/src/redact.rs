@@ -14,11 +14,13 @@ use crate::luhn;
 const MIN_DIGITS: usize = 12;
 const MAX_DIGITS: usize = 19;
 
-/// A digit run found in text: byte range and its digits.
+/// A digit run found in text: byte range, its digits, and where each group
+/// of digits (between separators) starts in `digits`.
 struct Run {
     start: usize,
     end: usize,
     digits: Vec<u8>,
+    group_starts: Vec<usize>,
 }
 
 fn runs(text: &str) -> impl Iterator<Item = Run> + '_ {
@@ -32,6 +34,7 @@ fn runs(text: &str) -> impl Iterator<Item = Run> + '_ {
             }
             let start = i;
             let mut digits = Vec::with_capacity(24);
+            let mut group_starts = vec![0];
             let mut end = i;
             while i < bytes.len() {
                 let b = bytes[i];
@@ -39,10 +42,8 @@ fn runs(text: &str) -> impl Iterator<Item = Run> + '_ {
                     digits.push(b);
                     i += 1;
                     end = i;
-                } else if (b == b' ' || b == b'-')
-                    && i + 1 < bytes.len()
-                    && bytes[i + 1].is_ascii_digit()
-                {
+                } else if (b == b' ' || b == b'-') && i + 1 < bytes.len() && bytes[i + 1].is_ascii_digit() {
+                    group_starts.push(digits.len());
                     i += 1;
                 } else {
                     break;
@@ -50,39 +51,79 @@ fn runs(text: &str) -> impl Iterator<Item = Run> + '_ {
             }
             i = end.max(i);
             if digits.len() >= MIN_DIGITS {
-                return Some(Run { start, end, digits });
+                return Some(Run { start, end, digits, group_starts });
             }
         }
         None
     })
 }
 
-fn suspicious(digits: &[u8]) -> bool {
-    digits.len() > MAX_DIGITS || luhn::is_valid(digits)
+/// Which digits of `run` must be masked: every group-aligned window of
+/// 12–19 digits that passes Luhn, and every unseparated stretch longer than
+/// 19 digits (it could hide a card number at any offset).
+fn suspicious_digits(run: &Run) -> Option<Vec<bool>> {
+    let n = run.digits.len();
+    let mut ends: Vec<usize> = run.group_starts[1..].to_vec();
+    ends.push(n);
+    let mut mask: Option<Vec<bool>> = None;
+    for (gi, &s) in run.group_starts.iter().enumerate() {
+        let group_end = ends[gi];
+        if group_end - s > MAX_DIGITS {
+            let m = mask.get_or_insert_with(|| vec![false; n]);
+            m[s..group_end].iter_mut().for_each(|x| *x = true);
+        }
+        for &e in &ends[gi..] {
+            let len = e - s;
+            if len > MAX_DIGITS {
+                break;
+            }
+            if len >= MIN_DIGITS && luhn::is_valid(&run.digits[s..e]) {
+                let m = mask.get_or_insert_with(|| vec![false; n]);
+                m[s..e].iter_mut().for_each(|x| *x = true);
+            }
+        }
+    }
+    mask
 }
 
 /// True when `text` holds something that could be a card number.
 pub fn contains_pan_like(text: &str) -> bool {
-    runs(text).any(|r| suspicious(&r.digits))
+    runs(text).any(|r| suspicious_digits(&r).is_some())
 }
 
-/// `text` with every possible card number masked (all digits but the last
-/// four replaced by `*`; separators kept). Borrowed when nothing matched.
+/// `text` with every possible card number masked (all digits of a suspicious
+/// window but its last four replaced by `*`; separators kept). Borrowed when
+/// nothing matched.
 pub fn redact_pans(text: &str) -> Cow<'_, str> {
     let mut out: Option<String> = None;
     let mut copied = 0;
     for run in runs(text) {
-        if !suspicious(&run.digits) {
-            continue;
+        let Some(mut mask) = suspicious_digits(&run) else { continue };
+        // Keep the last four digits of each masked stretch visible.
+        let mut i = mask.len();
+        while i > 0 {
+            if mask[i - 1] {
+                let stop = i.saturating_sub(4);
+                let mut j = i;
+                while j > stop && mask[j - 1] {
+                    mask[j - 1] = false;
+                    j -= 1;
+                }
+                while j > 0 && mask[j - 1] {
+                    j -= 1;
+                }
+                i = j;
+            } else {
+                i -= 1;
+            }
         }
         let o = out.get_or_insert_with(|| String::with_capacity(text.len()));
         o.push_str(&text[copied..run.start]);
-        let keep_from = run.digits.len().saturating_sub(4);
-        let mut seen = 0;
+        let mut d = 0;
         for b in text[run.start..run.end].bytes() {
             if b.is_ascii_digit() {
-                o.push(if seen < keep_from { '*' } else { b as char });
-                seen += 1;
+                o.push(if mask[d] { '*' } else { b as char });
+                d += 1;
             } else {
                 o.push(b as char);
             }
@@ -116,6 +157,13 @@ mod tests {
         assert_eq!(redact_pans(s), s);
         assert!(matches!(redact_pans(s), Cow::Borrowed(_)));
         assert!(!contains_pan_like(s));
+    }
+
+    #[test]
+    fn finds_pans_next_to_other_numbers() {
+        assert_eq!(redact_pans("curl/8 4111111111111111"), "curl/8 ************1111");
+        assert_eq!(redact_pans("4111111111111111 2026"), "************1111 2026");
+        assert_eq!(redact_pans("1 4111 1111 1111 1111 99"), "1 **** **** **** 1111 99");
     }
 
     #[test]

@@ -1,1 +1,60 @@
-//! placeholder
+//! Persistence for tokengate.
+//!
+//! One [`Store`] implementation runs on both backends through sqlx's `Any`
+//! driver: SQLite (embedded default: WAL, `synchronous=FULL`,
+//! `secure_delete=ON`) and PostgreSQL (many stateless nodes). They differ only
+//! in DDL and in how the audit chain head is locked; [`tests/conformance.rs`]
+//! runs the same suite against both.
+//!
+//! Writes go through [`Store::commit`] as a batch of [`Job`]s in one
+//! transaction: the records and their audit events commit together or not at
+//! all (fail-closed auditing), and the audit hash chain is extended inside the
+//! same transaction under a lock on its head, so several nodes can share one
+//! chain. [`committer::GroupCommitter`] collects concurrent jobs into such
+//! batches so one fsync acknowledges many requests.
+//!
+//! SQL types never leave this crate: callers see the row structs in [`model`].
+
+#![forbid(unsafe_code)]
+
+pub mod committer;
+pub mod model;
+mod schema;
+mod store;
+
+pub use committer::GroupCommitter;
+pub use model::*;
+pub use store::{Backend, HeadSigner, Store};
+
+/// Storage errors. Messages carry no card data (the store never sees any
+/// plaintext) and no SQL text.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("the audit trail could not be written: {0}")]
+    AuditWrite(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("unsupported database URL (use sqlite://PATH or postgres://…)")]
+    UnsupportedUrl,
+    #[error("the data store is not initialised; run `tokengate init`")]
+    NotInitialized,
+    #[error("the group committer has stopped")]
+    CommitterStopped,
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                StoreError::Unavailable(e.to_string())
+            }
+            sqlx::Error::Database(db) => StoreError::Database(db.message().to_owned()),
+            _ => StoreError::Database(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! One audit event: who did what to which token, with what result.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use tokengate_core::{contains_pan_like, redact_pans};
+
+/// Free text from outside (a user agent, a reason). Always PAN-redacted and
+/// at most [`SafeText::MAX`] bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct SafeText(String);
+
+impl SafeText {
+    pub const MAX: usize = 256;
+
+    pub fn new(s: &str) -> SafeText {
+        let red = redact_pans(s);
+        let mut end = red.len().min(Self::MAX);
+        while !red.is_char_boundary(end) {
+            end -= 1;
+        }
+        // Control characters would let a caller forge lines in text exports.
+        SafeText(red[..end].chars().map(|c| if c.is_control() { '?' } else { c }).collect())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for SafeText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(SafeText::new(&s))
+    }
+}
+
+/// An identifier: API key id, request id, token, error code. ASCII letters,
+/// digits and `_ - . :` only, 1–128 bytes, and never something that could be
+/// a card number.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Ident(String);
+
+impl Ident {
+    pub const MAX: usize = 128;
+
+    pub fn new(s: &str) -> Option<Ident> {
+        let ok = !s.is_empty()
+            && s.len() <= Self::MAX
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+            && !contains_pan_like(s);
+        ok.then(|| Ident(s.to_owned()))
+    }
+
+    /// For compile-time-known identifiers ("system", codes).
+    pub fn from_static(s: &'static str) -> Ident {
+        Ident::new(s).unwrap_or_else(|| Ident("invalid".to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Ident {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ident::new(&s).ok_or_else(|| serde::de::Error::custom("invalid identifier"))
+    }
+}
+
+/// What happened. Stable snake_case names are part of the audit format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Action {
+    TokenCreate,
+    TokenRead,
+    TokenReveal,
+    TokenDelete,
+    TokenSearch,
+    CvcDelete,
+    CvcExpire,
+    ApiKeyCreate,
+    ApiKeyRevoke,
+    ApiKeyList,
+    AuthFailure,
+    AccessDenied,
+    ServerStart,
+    Init,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::TokenCreate => "token_create",
+            Action::TokenRead => "token_read",
+            Action::TokenReveal => "token_reveal",
+            Action::TokenDelete => "token_delete",
+            Action::TokenSearch => "token_search",
+            Action::CvcDelete => "cvc_delete",
+            Action::CvcExpire => "cvc_expire",
+            Action::ApiKeyCreate => "api_key_create",
+            Action::ApiKeyRevoke => "api_key_revoke",
+            Action::ApiKeyList => "api_key_list",
+            Action::AuthFailure => "auth_failure",
+            Action::AccessDenied => "access_denied",
+            Action::ServerStart => "server_start",
+            Action::Init => "init",
+        }
+    }
+}
+
+/// Success, or failure with a stable reason code.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", content = "reason", rename_all = "snake_case")]
+pub enum Outcome {
+    Success,
+    Failure(Ident),
+}
+
+impl Outcome {
+    pub fn failure(code: &'static str) -> Outcome {
+        Outcome::Failure(Ident::from_static(code))
+    }
+
+    pub fn is_success(&self) -> bool {
+        matches!(self, Outcome::Success)
+    }
+}
+
+/// One audit event. Field order is part of the hashed encoding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Unix milliseconds.
+    pub ts_ms: i64,
+    pub action: Action,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// API key id, `system`, or `anonymous`.
+    pub actor: Ident,
+    pub tenant: Option<Ident>,
+    /// The token acted on (tokens are never PANs: they fail Luhn or are opaque).
+    pub token: Option<Ident>,
+    /// Another object acted on (an API key id).
+    pub subject: Option<Ident>,
+    pub request_id: Option<Ident>,
+    pub client_ip: Option<IpAddr>,
+    pub user_agent: Option<SafeText>,
+    /// Extra redacted detail (e.g. "count=3").
+    pub detail: Option<SafeText>,
+}
+
+impl AuditEvent {
+    /// A new event with only the required fields set.
+    pub fn new(ts_ms: i64, action: Action, outcome: Outcome, actor: Ident) -> AuditEvent {
+        AuditEvent {
+            ts_ms,
+            action,
+            outcome,
+            actor,
+            tenant: None,
+            token: None,
+            subject: None,
+            request_id: None,
+            client_ip: None,
+            user_agent: None,
+            detail: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_text_redacts_and_truncates() {
+        let t = SafeText::new("curl/8 4111111111111111\n");
+        assert_eq!(t.as_str(), "curl/8 ************1111?");
+        assert_eq!(SafeText::new(&"é".repeat(300)).as_str().len(), 256);
+    }
+
+    #[test]
+    fn ident_refuses_pans_and_odd_chars() {
+        assert!(Ident::new("4111111111111111").is_none());
+        assert!(Ident::new("req-4111111111111111").is_none());
+        assert!(Ident::new("a b").is_none());
+        assert!(Ident::new("").is_none());
+        assert!(Ident::new("tok_abc").is_some());
+        assert!(Ident::new("4111111111111112").is_some(), "a bin6_last4 token is not a PAN");
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let mut e = AuditEvent::new(1, Action::TokenReveal, Outcome::failure("token_not_found"), Ident::from_static("key_1"));
+        e.client_ip = Some("127.0.0.1".parse().unwrap());
+        let j = serde_json::to_string(&e).unwrap();
+        assert!(j.contains(r#""outcome":"failure","reason":"token_not_found""#), "{j}");
+        let back: AuditEvent = serde_json::from_str(&j).unwrap();
+        assert_eq!(back, e);
+    }
+}

@@ -1,0 +1,126 @@
+//! Rows and write operations, in plain Rust types.
+
+use tokengate_audit::AuditEvent;
+
+/// A stored token record. `ciphertext` and `wrapped_dek` are opaque here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRow {
+    pub tenant: String,
+    pub token: String,
+    pub format: String,
+    pub deterministic: bool,
+    pub fingerprint: Vec<u8>,
+    pub fp_version: u32,
+    pub kek_version: u32,
+    pub wrapped_dek: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+    pub brand: String,
+    pub bin: String,
+    pub last4: String,
+    pub exp_month: u8,
+    pub exp_year: u16,
+    /// JSON text, checked by the caller to hold no card data.
+    pub metadata: Option<String>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Whether a CVC is currently held for this token.
+    pub has_cvc: bool,
+}
+
+/// A CVC held encrypted until first use or expiry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CvcRow {
+    pub tenant: String,
+    pub token: String,
+    pub key_version: u32,
+    pub ciphertext: Vec<u8>,
+    /// Unix milliseconds.
+    pub expires_at: i64,
+}
+
+/// An API key as stored: only its keyed hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyRow {
+    pub id: String,
+    pub tenant: String,
+    pub name: String,
+    /// Role names.
+    pub roles: Vec<String>,
+    /// Version of the `api_key` HMAC key the hash was made with.
+    pub key_version: u32,
+    pub hash: Vec<u8>,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// A key-ring entry as stored (wrapped by the root key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRow {
+    pub purpose: String,
+    pub version: u32,
+    pub state: String,
+    pub created_at: i64,
+    pub wrapped: Vec<u8>,
+}
+
+/// One write inside a [`Job`].
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// Fails the job with [`JobError::Conflict`] if the token, or a
+    /// deterministic token for the same fingerprint and format, exists.
+    InsertToken(TokenRow),
+    InsertCvc(CvcRow),
+    /// Deletes the record and any CVC (the wrapped DEK goes with the row:
+    /// crypto-shredding). Output: rows affected.
+    DeleteToken { tenant: String, token: String },
+    /// Deletes and returns the CVC if it has not expired at `now`.
+    TakeCvc { tenant: String, token: String, now: i64 },
+    /// Deletes the CVC if it has expired at `now`. Output: rows affected.
+    ExpireCvc { tenant: String, token: String, now: i64 },
+    InsertApiKey(ApiKeyRow),
+    /// Output: rows affected (0 if unknown or already revoked).
+    RevokeApiKey { tenant: String, id: String, now: i64 },
+    InsertKey(KeyRow),
+    SetMeta { key: String, value: String },
+}
+
+/// What an [`Op`] produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpOutput {
+    Affected(u64),
+    Cvc(Option<CvcRow>),
+}
+
+impl OpOutput {
+    pub fn affected(&self) -> u64 {
+        match self {
+            OpOutput::Affected(n) => *n,
+            OpOutput::Cvc(c) => u64::from(c.is_some()),
+        }
+    }
+}
+
+/// A unit of work: its operations and the audit events that record it.
+/// Either all of it commits, or none of it.
+#[derive(Clone, Debug, Default)]
+pub struct Job {
+    pub ops: Vec<Op>,
+    /// Written when every op succeeded.
+    pub events: Vec<AuditEvent>,
+    /// `(op index, event)`: written only if that op affected a row.
+    pub events_if_affected: Vec<(usize, AuditEvent)>,
+}
+
+/// Why one job in a batch did not commit (the others may have).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    #[error("a record with the same key already exists")]
+    Conflict,
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+pub type JobResult = Result<Vec<OpOutput>, JobError>;
+
+/// A page of audit records, as stored.
+pub use tokengate_audit::StoredEvent;

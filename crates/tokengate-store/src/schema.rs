@@ -1,0 +1,53 @@
+//! Schema and migrations for both backends. Version 1 is the initial schema.
+//! Migrations only ever append; the applied version is kept in `meta`.
+
+use crate::store::Backend;
+
+/// `(version, statements)` per backend.
+pub fn migrations(backend: Backend) -> Vec<(i64, Vec<String>)> {
+    let (blob, int) = match backend {
+        Backend::Sqlite => ("BLOB", "INTEGER"),
+        Backend::Postgres => ("BYTEA", "BIGINT"),
+    };
+    let v1 = vec![
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)".to_owned(),
+        format!(
+            "CREATE TABLE IF NOT EXISTS keys (purpose TEXT NOT NULL, version {int} NOT NULL, state TEXT NOT NULL, \
+             created_at {int} NOT NULL, wrapped {blob} NOT NULL, PRIMARY KEY (purpose, version))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS tokens (tenant TEXT NOT NULL, token TEXT NOT NULL, format TEXT NOT NULL, \
+             deterministic {int} NOT NULL, fingerprint {blob} NOT NULL, fp_version {int} NOT NULL, \
+             kek_version {int} NOT NULL, wrapped_dek {blob} NOT NULL, ciphertext {blob} NOT NULL, \
+             brand TEXT NOT NULL, bin TEXT NOT NULL, last4 TEXT NOT NULL, exp_month {int} NOT NULL, \
+             exp_year {int} NOT NULL, metadata TEXT, created_at {int} NOT NULL, PRIMARY KEY (tenant, token))"
+        ),
+        "CREATE INDEX IF NOT EXISTS tokens_fingerprint ON tokens (tenant, fingerprint)".to_owned(),
+        "CREATE UNIQUE INDEX IF NOT EXISTS tokens_deterministic ON tokens (tenant, format, fingerprint) \
+         WHERE deterministic = 1"
+            .to_owned(),
+        "CREATE INDEX IF NOT EXISTS tokens_kek_version ON tokens (kek_version)".to_owned(),
+        format!(
+            "CREATE TABLE IF NOT EXISTS cvcs (tenant TEXT NOT NULL, token TEXT NOT NULL, key_version {int} NOT NULL, \
+             ciphertext {blob} NOT NULL, expires_at {int} NOT NULL, PRIMARY KEY (tenant, token))"
+        ),
+        "CREATE INDEX IF NOT EXISTS cvcs_expires ON cvcs (expires_at)".to_owned(),
+        format!(
+            "CREATE TABLE IF NOT EXISTS api_keys (id TEXT PRIMARY KEY, tenant TEXT NOT NULL, name TEXT NOT NULL, \
+             roles TEXT NOT NULL, key_version {int} NOT NULL, hash {blob} NOT NULL, created_at {int} NOT NULL, \
+             revoked_at {int})"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS audit_events (seq {int} PRIMARY KEY, ts_ms {int} NOT NULL, \
+             action TEXT NOT NULL, actor TEXT NOT NULL, token TEXT, request_id TEXT, outcome TEXT NOT NULL, \
+             event_json TEXT NOT NULL, prev_hash {blob} NOT NULL, hash {blob} NOT NULL)"
+        ),
+        "CREATE INDEX IF NOT EXISTS audit_events_token ON audit_events (token)".to_owned(),
+        "CREATE INDEX IF NOT EXISTS audit_events_request ON audit_events (request_id)".to_owned(),
+        format!(
+            "CREATE TABLE IF NOT EXISTS audit_head (id {int} PRIMARY KEY, seq {int} NOT NULL, \
+             hash {blob} NOT NULL, signature {blob} NOT NULL)"
+        ),
+    ];
+    vec![(1, v1)]
+}

@@ -1,0 +1,660 @@
+//! The store: one implementation over sqlx's `Any` driver for both backends.
+
+use std::path::Path;
+use std::sync::Once;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Executor, Row};
+use tokengate_audit::chain::{ChainHash, GENESIS, link};
+use tokengate_audit::{SignedHead, StoredEvent};
+
+use crate::model::*;
+use crate::schema;
+use crate::StoreError;
+
+/// Which database is behind a [`Store`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Signs the audit chain head after each committed batch.
+pub trait HeadSigner: Send + Sync {
+    fn sign(&self, seq: u64, hash: &ChainHash) -> Vec<u8>;
+}
+
+/// Handle to the database. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+static DRIVERS: Once = Once::new();
+
+fn to_u32(v: i64, what: &str) -> Result<u32, StoreError> {
+    u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} out of range")))
+}
+
+fn hash32(v: Vec<u8>) -> Result<ChainHash, StoreError> {
+    v.try_into().map_err(|_| StoreError::Corrupt("hash is not 32 bytes".into()))
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            db.is_unique_violation()
+                // SQLite through `Any` reports constraint failures by message.
+                || db.message().contains("UNIQUE constraint failed")
+        }
+        _ => false,
+    }
+}
+
+const TOKEN_COLUMNS: &str = "t.tenant, t.token, t.format, t.deterministic, t.fingerprint, t.fp_version, \
+    t.kek_version, t.wrapped_dek, t.ciphertext, t.brand, t.bin, t.last4, t.exp_month, t.exp_year, \
+    t.metadata, t.created_at";
+
+fn token_row(r: &AnyRow, has_cvc: bool) -> Result<TokenRow, StoreError> {
+    Ok(TokenRow {
+        tenant: r.try_get(0)?,
+        token: r.try_get(1)?,
+        format: r.try_get(2)?,
+        deterministic: r.try_get::<i64, _>(3)? != 0,
+        fingerprint: r.try_get(4)?,
+        fp_version: to_u32(r.try_get(5)?, "fp_version")?,
+        kek_version: to_u32(r.try_get(6)?, "kek_version")?,
+        wrapped_dek: r.try_get(7)?,
+        ciphertext: r.try_get(8)?,
+        brand: r.try_get(9)?,
+        bin: r.try_get(10)?,
+        last4: r.try_get(11)?,
+        exp_month: u8::try_from(r.try_get::<i64, _>(12)?).map_err(|_| StoreError::Corrupt("exp_month".into()))?,
+        exp_year: u16::try_from(r.try_get::<i64, _>(13)?).map_err(|_| StoreError::Corrupt("exp_year".into()))?,
+        metadata: r.try_get(14)?,
+        created_at: r.try_get(15)?,
+        has_cvc,
+    })
+}
+
+fn api_key_row(r: &AnyRow) -> Result<ApiKeyRow, StoreError> {
+    let roles: String = r.try_get(3)?;
+    Ok(ApiKeyRow {
+        id: r.try_get(0)?,
+        tenant: r.try_get(1)?,
+        name: r.try_get(2)?,
+        roles: roles.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        key_version: to_u32(r.try_get(4)?, "key_version")?,
+        hash: r.try_get(5)?,
+        created_at: r.try_get(6)?,
+        revoked_at: r.try_get(7)?,
+    })
+}
+
+impl Store {
+    /// Connect to `url` (`sqlite://PATH` or `postgres://…`) and apply migrations.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        Self::connect_with_schema(url, None).await
+    }
+
+    /// Open (creating if missing) the SQLite database at `path`.
+    pub async fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
+        Self::connect(&format!("sqlite://{}?mode=rwc", path.display())).await
+    }
+
+    /// Connect to PostgreSQL using `schema` (created if missing) as the search
+    /// path; used to give every test its own schema.
+    pub async fn connect_with_schema(url: &str, schema: Option<&str>) -> Result<Store, StoreError> {
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl);
+        };
+        if let Some(s) = schema {
+            if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(StoreError::Database("invalid schema name".into()));
+            }
+        }
+        let schema_owned = schema.map(str::to_owned);
+        let opts = AnyPoolOptions::new()
+            .max_connections(match backend {
+                Backend::Sqlite => 8,
+                Backend::Postgres => 16,
+            })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _meta| {
+                let schema = schema_owned.clone();
+                Box::pin(async move {
+                    match backend {
+                        Backend::Sqlite => {
+                            // WAL for concurrent readers; FULL so an acknowledged
+                            // commit survives power loss, not only a crash;
+                            // secure_delete so deleted DEKs are overwritten.
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                                 PRAGMA busy_timeout = 10000; PRAGMA secure_delete = ON; \
+                                 PRAGMA foreign_keys = ON;",
+                            )
+                            .await?;
+                        }
+                        Backend::Postgres => {
+                            if let Some(s) = schema {
+                                conn.execute(sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {s}; SET search_path TO {s}"))))
+                                    .await?;
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+            });
+        let pool = opts.connect(url).await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let store = Store { pool, backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Apply pending migrations in one transaction. On PostgreSQL an advisory
+    /// lock makes nodes that start together take turns.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        conn.execute(self.begin_sql()).await?;
+        match self.migrate_in(&mut conn).await {
+            Ok(()) => {
+                conn.execute("COMMIT").await?;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = conn.execute("ROLLBACK").await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn migrate_in(&self, conn: &mut AnyConnection) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            conn.execute("SELECT pg_advisory_xact_lock(7392841)").await?;
+        }
+        conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)").await?;
+        let current: i64 = sqlx::query("SELECT value FROM meta WHERE key = 'schema_version'")
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|r| r.try_get::<String, _>(0))
+            .transpose()?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        for (version, stmts) in schema::migrations(self.backend) {
+            if version <= current {
+                continue;
+            }
+            for s in &stmts {
+                conn.execute(sqlx::raw_sql(AssertSqlSafe(s.clone()))).await?;
+            }
+            sqlx::query(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', $1) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(version.to_string())
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
+
+    fn begin_sql(&self) -> &'static str {
+        match self.backend {
+            // Take the write lock up front: no deadlock between two writers
+            // that both started by reading.
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        }
+    }
+
+    // ---- reads ------------------------------------------------------------
+
+    /// A token record with whether an unexpired CVC is held for it at `now`.
+    pub async fn get_token(&self, tenant: &str, token: &str, now: i64) -> Result<Option<TokenRow>, StoreError> {
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS}, (SELECT COUNT(*) FROM cvcs c WHERE c.tenant = t.tenant AND c.token = t.token \
+             AND c.expires_at > $3) FROM tokens t WHERE t.tenant = $1 AND t.token = $2"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql)).bind(tenant).bind(token).bind(now).fetch_optional(&self.pool).await?;
+        row.map(|r| {
+            let has_cvc = r.try_get::<i64, _>(16)? > 0;
+            token_row(&r, has_cvc)
+        })
+        .transpose()
+    }
+
+    /// Tokens of `tenant` whose fingerprint is `fp` (at most `limit`).
+    pub async fn find_by_fingerprint(&self, tenant: &str, fp: &[u8], limit: i64) -> Result<Vec<TokenRow>, StoreError> {
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens t WHERE t.tenant = $1 AND t.fingerprint = $2 \
+             ORDER BY t.created_at, t.token LIMIT $3"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql)).bind(tenant).bind(fp.to_vec()).bind(limit).fetch_all(&self.pool).await?;
+        rows.iter().map(|r| token_row(r, false)).collect()
+    }
+
+    /// The deterministic token of `format` for fingerprint `fp`, if one exists.
+    pub async fn find_deterministic(&self, tenant: &str, format: &str, fp: &[u8]) -> Result<Option<TokenRow>, StoreError> {
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens t WHERE t.tenant = $1 AND t.format = $2 AND t.fingerprint = $3 \
+             AND t.deterministic = 1"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql)).bind(tenant).bind(format).bind(fp.to_vec()).fetch_optional(&self.pool).await?;
+        row.map(|r| token_row(&r, false)).transpose()
+    }
+
+    pub async fn count_tokens(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query("SELECT COUNT(*) FROM tokens").fetch_one(&self.pool).await?.try_get(0)?)
+    }
+
+    /// The stored CVC row (tests and sweeps only; reveal uses [`Op::TakeCvc`]).
+    pub async fn get_cvc(&self, tenant: &str, token: &str) -> Result<Option<CvcRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT tenant, token, key_version, ciphertext, expires_at FROM cvcs WHERE tenant = $1 AND token = $2",
+        )
+        .bind(tenant)
+        .bind(token)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| cvc_row(&r)).transpose()
+    }
+
+    /// CVCs that have expired at `now` (oldest first).
+    pub async fn expired_cvcs(&self, now: i64, limit: i64) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT tenant, token FROM cvcs WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2")
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    pub async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, tenant, name, roles, key_version, hash, created_at, revoked_at FROM api_keys WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| api_key_row(&r)).transpose()
+    }
+
+    pub async fn list_api_keys(&self, tenant: &str) -> Result<Vec<ApiKeyRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, tenant, name, roles, key_version, hash, created_at, revoked_at FROM api_keys \
+             WHERE tenant = $1 ORDER BY created_at, id",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(api_key_row).collect()
+    }
+
+    pub async fn keys(&self) -> Result<Vec<KeyRow>, StoreError> {
+        let rows = sqlx::query("SELECT purpose, version, state, created_at, wrapped FROM keys ORDER BY purpose, version")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(KeyRow {
+                    purpose: r.try_get(0)?,
+                    version: to_u32(r.try_get(1)?, "key version")?,
+                    state: r.try_get(2)?,
+                    created_at: r.try_get(3)?,
+                    wrapped: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT value FROM meta WHERE key = $1").bind(key).fetch_optional(&self.pool).await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// Audit records with `seq > after`, in order, at most `limit`.
+    pub async fn audit_events(&self, after: u64, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        let after = i64::try_from(after).map_err(|_| StoreError::Corrupt("seq".into()))?;
+        let rows = sqlx::query(
+            "SELECT seq, event_json, prev_hash, hash FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredEvent {
+                    seq: u64::try_from(r.try_get::<i64, _>(0)?).map_err(|_| StoreError::Corrupt("seq".into()))?,
+                    event_json: r.try_get(1)?,
+                    prev_hash: hash32(r.try_get(2)?)?,
+                    hash: hash32(r.try_get(3)?)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Audit records about `token` or carrying `request_id` (incident response).
+    pub async fn audit_events_for(&self, token: Option<&str>, request_id: Option<&str>) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, event_json, prev_hash, hash FROM audit_events \
+             WHERE ($1 IS NOT NULL AND token = $1) OR ($2 IS NOT NULL AND request_id = $2) ORDER BY seq",
+        )
+        .bind(token.map(str::to_owned))
+        .bind(request_id.map(str::to_owned))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredEvent {
+                    seq: u64::try_from(r.try_get::<i64, _>(0)?).map_err(|_| StoreError::Corrupt("seq".into()))?,
+                    event_json: r.try_get(1)?,
+                    prev_hash: hash32(r.try_get(2)?)?,
+                    hash: hash32(r.try_get(3)?)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn audit_head(&self) -> Result<Option<SignedHead>, StoreError> {
+        let row = sqlx::query("SELECT seq, hash, signature FROM audit_head WHERE id = 1").fetch_optional(&self.pool).await?;
+        row.map(|r| {
+            Ok(SignedHead {
+                seq: u64::try_from(r.try_get::<i64, _>(0)?).map_err(|_| StoreError::Corrupt("seq".into()))?,
+                hash: hash32(r.try_get(1)?)?,
+                signature: r.try_get(2)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Run raw SQL. For tests that simulate failures and tampering (e.g. a
+    /// trigger that makes audit writes fail); never used by the product.
+    #[doc(hidden)]
+    pub async fn execute_raw_for_tests(&self, sql: &str) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        conn.execute(sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))).await?;
+        Ok(())
+    }
+
+    // ---- writes -----------------------------------------------------------
+
+    /// Commit `jobs` in one transaction. Each job commits entirely or not at
+    /// all (savepoints); a job whose op hits a uniqueness conflict is rolled
+    /// back alone. If any audit record cannot be written, or the transaction
+    /// cannot commit, the whole batch fails: nothing is acknowledged.
+    pub async fn commit(&self, jobs: &[Job], signer: &dyn HeadSigner) -> Result<Vec<JobResult>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        conn.execute(self.begin_sql()).await?;
+        match self.commit_in(&mut conn, jobs, signer).await {
+            Ok(results) => match conn.execute("COMMIT").await {
+                Ok(_) => Ok(results),
+                Err(e) => {
+                    let _ = conn.execute("ROLLBACK").await;
+                    Err(e.into())
+                }
+            },
+            Err(e) => {
+                if conn.execute("ROLLBACK").await.is_err() {
+                    // The connection's state is unknown: do not reuse it.
+                    let _ = conn.detach();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn commit_in(
+        &self,
+        conn: &mut AnyConnection,
+        jobs: &[Job],
+        signer: &dyn HeadSigner,
+    ) -> Result<Vec<JobResult>, StoreError> {
+        let head_sql = match self.backend {
+            Backend::Sqlite => "SELECT seq, hash FROM audit_head WHERE id = 1",
+            // Serialises chain appends across nodes sharing the database.
+            Backend::Postgres => "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
+        };
+        let (mut seq, mut prev) = match sqlx::query(head_sql).fetch_optional(&mut *conn).await? {
+            Some(r) => (
+                u64::try_from(r.try_get::<i64, _>(0)?).map_err(|_| StoreError::Corrupt("seq".into()))?,
+                hash32(r.try_get(1)?)?,
+            ),
+            None => (0, GENESIS),
+        };
+        let start_seq = seq;
+        let mut results = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            conn.execute("SAVEPOINT job").await?;
+            match apply_ops(conn, &job.ops).await {
+                Ok(outputs) => {
+                    let conditional = job
+                        .events_if_affected
+                        .iter()
+                        .filter(|(i, _)| outputs.get(*i).is_some_and(|o| o.affected() > 0))
+                        .map(|(_, e)| e);
+                    for event in job.events.iter().chain(conditional) {
+                        let rec = link(seq, prev, event);
+                        insert_audit(conn, &rec, event).await.map_err(|e| StoreError::AuditWrite(e.to_string()))?;
+                        seq = rec.seq;
+                        prev = rec.hash;
+                    }
+                    conn.execute("RELEASE SAVEPOINT job").await?;
+                    results.push(Ok(outputs));
+                }
+                Err(OpFailure::Job(e)) => {
+                    conn.execute("ROLLBACK TO SAVEPOINT job").await?;
+                    conn.execute("RELEASE SAVEPOINT job").await?;
+                    results.push(Err(e));
+                }
+                Err(OpFailure::Batch(e)) => return Err(e.into()),
+            }
+        }
+        if seq != start_seq {
+            let sig = signer.sign(seq, &prev);
+            sqlx::query(
+                "INSERT INTO audit_head (id, seq, hash, signature) VALUES (1, $1, $2, $3) \
+                 ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, signature = excluded.signature",
+            )
+            .bind(i64::try_from(seq).map_err(|_| StoreError::Corrupt("seq".into()))?)
+            .bind(prev.to_vec())
+            .bind(sig)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| StoreError::AuditWrite(e.to_string()))?;
+        }
+        Ok(results)
+    }
+}
+
+fn cvc_row(r: &AnyRow) -> Result<CvcRow, StoreError> {
+    Ok(CvcRow {
+        tenant: r.try_get(0)?,
+        token: r.try_get(1)?,
+        key_version: to_u32(r.try_get(2)?, "cvc key_version")?,
+        ciphertext: r.try_get(3)?,
+        expires_at: r.try_get(4)?,
+    })
+}
+
+enum OpFailure {
+    Job(JobError),
+    Batch(sqlx::Error),
+}
+
+impl From<sqlx::Error> for OpFailure {
+    fn from(e: sqlx::Error) -> Self {
+        if is_unique_violation(&e) { OpFailure::Job(JobError::Conflict) } else { OpFailure::Batch(e) }
+    }
+}
+
+async fn insert_audit(conn: &mut AnyConnection, rec: &StoredEvent, event: &tokengate_audit::AuditEvent) -> Result<(), sqlx::Error> {
+    let outcome = if event.outcome.is_success() { "success" } else { "failure" };
+    sqlx::query(
+        "INSERT INTO audit_events (seq, ts_ms, action, actor, token, request_id, outcome, event_json, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(rec.seq as i64)
+    .bind(event.ts_ms)
+    .bind(event.action.as_str())
+    .bind(event.actor.as_str().to_owned())
+    .bind(event.token.as_ref().map(|t| t.as_str().to_owned()))
+    .bind(event.request_id.as_ref().map(|t| t.as_str().to_owned()))
+    .bind(outcome)
+    .bind(rec.event_json.as_str())
+    .bind(rec.prev_hash.to_vec())
+    .bind(rec.hash.to_vec())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn apply_ops(conn: &mut AnyConnection, ops: &[Op]) -> Result<Vec<OpOutput>, OpFailure> {
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        let o = match op {
+            Op::InsertToken(t) => {
+                let r = sqlx::query(
+                    "INSERT INTO tokens (tenant, token, format, deterministic, fingerprint, fp_version, kek_version, \
+                     wrapped_dek, ciphertext, brand, bin, last4, exp_month, exp_year, metadata, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                )
+                .bind(t.tenant.as_str())
+                .bind(t.token.as_str())
+                .bind(t.format.as_str())
+                .bind(i64::from(t.deterministic))
+                .bind(t.fingerprint.clone())
+                .bind(i64::from(t.fp_version))
+                .bind(i64::from(t.kek_version))
+                .bind(t.wrapped_dek.clone())
+                .bind(t.ciphertext.clone())
+                .bind(t.brand.as_str())
+                .bind(t.bin.as_str())
+                .bind(t.last4.as_str())
+                .bind(i64::from(t.exp_month))
+                .bind(i64::from(t.exp_year))
+                .bind(t.metadata.clone())
+                .bind(t.created_at)
+                .execute(&mut *conn)
+                .await?;
+                OpOutput::Affected(r.rows_affected())
+            }
+            Op::InsertCvc(c) => {
+                let r = sqlx::query(
+                    "INSERT INTO cvcs (tenant, token, key_version, ciphertext, expires_at) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(c.tenant.as_str())
+                .bind(c.token.as_str())
+                .bind(i64::from(c.key_version))
+                .bind(c.ciphertext.clone())
+                .bind(c.expires_at)
+                .execute(&mut *conn)
+                .await?;
+                OpOutput::Affected(r.rows_affected())
+            }
+            Op::DeleteToken { tenant, token } => {
+                sqlx::query("DELETE FROM cvcs WHERE tenant = $1 AND token = $2")
+                    .bind(tenant.as_str())
+                    .bind(token.as_str())
+                    .execute(&mut *conn)
+                    .await?;
+                let r = sqlx::query("DELETE FROM tokens WHERE tenant = $1 AND token = $2")
+                    .bind(tenant.as_str())
+                    .bind(token.as_str())
+                    .execute(&mut *conn)
+                    .await?;
+                OpOutput::Affected(r.rows_affected())
+            }
+            Op::TakeCvc { tenant, token, now } => {
+                let row = sqlx::query(
+                    "DELETE FROM cvcs WHERE tenant = $1 AND token = $2 AND expires_at > $3 \
+                     RETURNING tenant, token, key_version, ciphertext, expires_at",
+                )
+                .bind(tenant.as_str())
+                .bind(token.as_str())
+                .bind(*now)
+                .fetch_optional(&mut *conn)
+                .await?;
+                OpOutput::Cvc(row.map(|r| cvc_row(&r)).transpose().map_err(|e| {
+                    OpFailure::Job(JobError::Database(e.to_string()))
+                })?)
+            }
+            Op::ExpireCvc { tenant, token, now } => {
+                let r = sqlx::query("DELETE FROM cvcs WHERE tenant = $1 AND token = $2 AND expires_at <= $3")
+                    .bind(tenant.as_str())
+                    .bind(token.as_str())
+                    .bind(*now)
+                    .execute(&mut *conn)
+                    .await?;
+                OpOutput::Affected(r.rows_affected())
+            }
+            Op::InsertApiKey(k) => {
+                let r = sqlx::query(
+                    "INSERT INTO api_keys (id, tenant, name, roles, key_version, hash, created_at, revoked_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)",
+                )
+                .bind(k.id.as_str())
+                .bind(k.tenant.as_str())
+                .bind(k.name.as_str())
+                .bind(k.roles.join(","))
+                .bind(i64::from(k.key_version))
+                .bind(k.hash.clone())
+                .bind(k.created_at)
+                .execute(&mut *conn)
+                .await?;
+                OpOutput::Affected(r.rows_affected())
+            }
+            Op::RevokeApiKey { tenant, id, now } => {
+                let r = sqlx::query(
+                    "UPDATE api_keys SET revoked_at = $1 WHERE tenant = $2 AND id = $3 AND revoked_at IS NULL",
+                )
+                .bind(*now)
+                .bind(tenant.as_str())
+                .bind(id.as_str())
+                .execute(&mut *conn)
+                .await?;
+                OpOutput::Affected(r.rows_affected())
+            }
+            Op::InsertKey(k) => {
+                let r = sqlx::query(
+                    "INSERT INTO keys (purpose, version, state, created_at, wrapped) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(k.purpose.as_str())
+                .bind(i64::from(k.version))
+                .bind(k.state.as_str())
+                .bind(k.created_at)
+                .bind(k.wrapped.clone())
+                .execute(&mut *conn)
+                .await?;
+                OpOutput::Affected(r.rows_affected())
+            }
+            Op::SetMeta { key, value } => {
+                let r = sqlx::query(
+                    "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .bind(key.as_str())
+                .bind(value.as_str())
+                .execute(&mut *conn)
+                .await?;
+                OpOutput::Affected(r.rows_affected())
+            }
+        };
+        out.push(o);
+    }
+    Ok(out)
+}

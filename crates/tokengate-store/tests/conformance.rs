@@ -1,0 +1,329 @@
+//! The store conformance suite. Every test runs against SQLite and against
+//! PostgreSQL (URL from `TOKENGATE_TEST_POSTGRES_URL`, one schema per test).
+//! In CI (`CI=true`) a missing PostgreSQL URL is a failure, not a skip.
+
+use std::sync::Arc;
+
+use aws_lc_rs::signature::Ed25519KeyPair;
+use tokengate_audit::chain::ChainHash;
+use tokengate_audit::{Action, AuditEvent, Ident, Outcome, SignedHead, Verifier};
+use tokengate_store::*;
+
+struct TestSigner(Ed25519KeyPair);
+impl HeadSigner for TestSigner {
+    fn sign(&self, seq: u64, hash: &ChainHash) -> Vec<u8> {
+        SignedHead::sign(&self.0, seq, *hash).signature
+    }
+}
+
+fn signer() -> TestSigner {
+    TestSigner(Ed25519KeyPair::from_seed_unchecked(&[3u8; 32]).unwrap())
+}
+
+fn public_key() -> Vec<u8> {
+    tokengate_audit::head::public_key(&signer().0)
+}
+
+struct Fixture {
+    store: Store,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn sqlite() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
+    Fixture { store, _dir: Some(dir) }
+}
+
+async fn postgres(name: &str) -> Option<Fixture> {
+    let url = match std::env::var("TOKENGATE_TEST_POSTGRES_URL") {
+        Ok(u) => u,
+        Err(_) => {
+            assert!(std::env::var("CI").is_err(), "CI must set TOKENGATE_TEST_POSTGRES_URL");
+            eprintln!("TOKENGATE_TEST_POSTGRES_URL unset: skipping the PostgreSQL half of {name}");
+            return None;
+        }
+    };
+    let schema = format!("conf_{name}_{}", std::process::id());
+    // Start from an empty schema.
+    let admin = Store::connect(&url).await.unwrap();
+    admin.execute_raw_for_tests(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.unwrap();
+    admin.close().await;
+    let store = Store::connect_with_schema(&url, Some(&schema)).await.unwrap();
+    Some(Fixture { store, _dir: None })
+}
+
+/// Define a test that runs `$body(store)` on both backends.
+macro_rules! conformance {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let f = super::sqlite().await;
+                super::$body(&f.store).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(f) = super::postgres(stringify!($name)).await {
+                    super::$body(&f.store).await;
+                }
+            }
+        }
+    };
+}
+
+fn event(action: Action, token: &str) -> AuditEvent {
+    let mut e = AuditEvent::new(1_700_000_000_000, action, Outcome::Success, Ident::from_static("key_test"));
+    e.token = Ident::new(token);
+    e
+}
+
+fn token_row(token: &str, fp: u8, deterministic: bool) -> TokenRow {
+    TokenRow {
+        tenant: "default".into(),
+        token: token.into(),
+        format: "opaque".into(),
+        deterministic,
+        fingerprint: vec![fp; 32],
+        fp_version: 1,
+        kek_version: 1,
+        wrapped_dek: vec![1, 2, 3],
+        ciphertext: vec![4, 5, 6],
+        brand: "visa".into(),
+        bin: "411111".into(),
+        last4: "1111".into(),
+        exp_month: 12,
+        exp_year: 2030,
+        metadata: Some(r#"{"order":"o-1"}"#.into()),
+        created_at: 1,
+        has_cvc: false,
+    }
+}
+
+fn insert_job(row: TokenRow) -> Job {
+    let ev = event(Action::TokenCreate, &row.token.clone());
+    Job { ops: vec![Op::InsertToken(row)], events: vec![ev], events_if_affected: vec![] }
+}
+
+async fn verify(store: &Store) -> u64 {
+    let mut v = Verifier::default();
+    let mut after = 0;
+    loop {
+        let page = store.audit_events(after, 1000).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        for r in &page {
+            v.push(r).unwrap();
+            after = r.seq;
+        }
+    }
+    v.finish(store.audit_head().await.unwrap().as_ref(), &public_key()).unwrap().records
+}
+
+async fn tokens_round_trip(store: &Store) {
+    let s = signer();
+    let res = store.commit(&[insert_job(token_row("tok_a", 7, false))], &s).await.unwrap();
+    assert_eq!(res, vec![Ok(vec![OpOutput::Affected(1)])]);
+    let got = store.get_token("default", "tok_a", 0).await.unwrap().unwrap();
+    assert_eq!(got, token_row("tok_a", 7, false));
+    assert!(store.get_token("other", "tok_a", 0).await.unwrap().is_none(), "tenants are separate");
+    assert!(store.get_token("default", "tok_b", 0).await.unwrap().is_none());
+    let found = store.find_by_fingerprint("default", &[7u8; 32], 10).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(verify(store).await, 1);
+}
+conformance!(tokens, tokens_round_trip);
+
+async fn conflicts_roll_back_alone(store: &Store) {
+    let s = signer();
+    store.commit(&[insert_job(token_row("tok_a", 1, true))], &s).await.unwrap();
+    let res = store
+        .commit(
+            &[
+                insert_job(token_row("tok_a", 2, false)), // same token
+                insert_job(token_row("tok_b", 1, true)),  // same deterministic fingerprint
+                insert_job(token_row("tok_c", 1, false)), // fine: not deterministic
+            ],
+            &s,
+        )
+        .await
+        .unwrap();
+    assert_eq!(res[0], Err(JobError::Conflict));
+    assert_eq!(res[1], Err(JobError::Conflict));
+    assert!(res[2].is_ok());
+    assert!(store.get_token("default", "tok_b", 0).await.unwrap().is_none());
+    let det = store.find_deterministic("default", "opaque", &[1u8; 32]).await.unwrap().unwrap();
+    assert_eq!(det.token, "tok_a");
+    // Only the committed jobs left audit records.
+    assert_eq!(verify(store).await, 2);
+}
+conformance!(conflicts, conflicts_roll_back_alone);
+
+async fn audit_failure_fails_closed(store: &Store) {
+    let s = signer();
+    store.commit(&[insert_job(token_row("tok_a", 1, false))], &s).await.unwrap();
+    let trigger = match store.backend() {
+        Backend::Sqlite => "CREATE TRIGGER audit_off BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'audit disk full'); END",
+        Backend::Postgres => "CREATE FUNCTION audit_off() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'audit disk full'; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER audit_off BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION audit_off()",
+    };
+    store.execute_raw_for_tests(trigger).await.unwrap();
+    let err = store.commit(&[insert_job(token_row("tok_b", 2, false))], &s).await.unwrap_err();
+    assert!(matches!(err, StoreError::AuditWrite(_)), "{err:?}");
+    assert!(store.get_token("default", "tok_b", 0).await.unwrap().is_none(), "the record must not outlive its audit failure");
+    store.execute_raw_for_tests("DROP TRIGGER audit_off ON audit_events").await.ok();
+    store.execute_raw_for_tests("DROP TRIGGER audit_off").await.ok();
+    store.commit(&[insert_job(token_row("tok_b", 2, false))], &s).await.unwrap();
+    assert_eq!(verify(store).await, 2);
+}
+conformance!(fail_closed, audit_failure_fails_closed);
+
+async fn cvc_taken_once_and_expires(store: &Store) {
+    let s = signer();
+    let mut job = insert_job(token_row("tok_a", 1, false));
+    job.ops.push(Op::InsertCvc(CvcRow {
+        tenant: "default".into(),
+        token: "tok_a".into(),
+        key_version: 1,
+        ciphertext: vec![9; 20],
+        expires_at: 1000,
+    }));
+    let mut job_b = insert_job(token_row("tok_b", 2, false));
+    job_b.ops.push(Op::InsertCvc(CvcRow {
+        tenant: "default".into(),
+        token: "tok_b".into(),
+        key_version: 1,
+        ciphertext: vec![8; 20],
+        expires_at: 1000,
+    }));
+    store.commit(&[job, job_b], &s).await.unwrap();
+    assert!(store.get_token("default", "tok_a", 999).await.unwrap().unwrap().has_cvc);
+    assert!(!store.get_token("default", "tok_a", 1000).await.unwrap().unwrap().has_cvc);
+
+    let take = |now| Job {
+        ops: vec![Op::TakeCvc { tenant: "default".into(), token: "tok_a".into(), now }],
+        events: vec![event(Action::TokenReveal, "tok_a")],
+        events_if_affected: vec![(0, event(Action::CvcDelete, "tok_a"))],
+    };
+    // Expired: not returned.
+    let r = store.commit(&[take(1000)], &s).await.unwrap();
+    assert_eq!(r[0], Ok(vec![OpOutput::Cvc(None)]));
+    // Two takes in one batch: only the first gets it.
+    let r = store.commit(&[take(999), take(999)], &s).await.unwrap();
+    assert!(matches!(&r[0], Ok(v) if matches!(&v[0], OpOutput::Cvc(Some(c)) if c.ciphertext == vec![9; 20])));
+    assert_eq!(r[1], Ok(vec![OpOutput::Cvc(None)]));
+    assert!(store.get_cvc("default", "tok_a").await.unwrap().is_none());
+
+    assert_eq!(store.expired_cvcs(1000, 10).await.unwrap(), vec![("default".to_owned(), "tok_b".to_owned())]);
+    let expire = Job {
+        ops: vec![Op::ExpireCvc { tenant: "default".into(), token: "tok_b".into(), now: 1000 }],
+        events: vec![],
+        events_if_affected: vec![(0, event(Action::CvcExpire, "tok_b"))],
+    };
+    let r = store.commit(&[expire.clone()], &s).await.unwrap();
+    assert_eq!(r[0], Ok(vec![OpOutput::Affected(1)]));
+    let r = store.commit(&[expire], &s).await.unwrap();
+    assert_eq!(r[0], Ok(vec![OpOutput::Affected(0)]));
+    // 2 creates + 3 reveals + 1 cvc_delete + 1 cvc_expire; the second expire wrote nothing.
+    assert_eq!(verify(store).await, 7);
+}
+conformance!(cvc, cvc_taken_once_and_expires);
+
+async fn delete_shreds_record_and_cvc(store: &Store) {
+    let s = signer();
+    let mut job = insert_job(token_row("tok_a", 1, false));
+    job.ops.push(Op::InsertCvc(CvcRow {
+        tenant: "default".into(),
+        token: "tok_a".into(),
+        key_version: 1,
+        ciphertext: vec![9; 20],
+        expires_at: i64::MAX,
+    }));
+    store.commit(&[job], &s).await.unwrap();
+    let del = Job {
+        ops: vec![Op::DeleteToken { tenant: "default".into(), token: "tok_a".into() }],
+        events: vec![event(Action::TokenDelete, "tok_a")],
+        events_if_affected: vec![],
+    };
+    let r = store.commit(&[del.clone()], &s).await.unwrap();
+    assert_eq!(r[0], Ok(vec![OpOutput::Affected(1)]));
+    assert!(store.get_token("default", "tok_a", 0).await.unwrap().is_none());
+    assert!(store.get_cvc("default", "tok_a").await.unwrap().is_none());
+    let r = store.commit(&[del], &s).await.unwrap();
+    assert_eq!(r[0], Ok(vec![OpOutput::Affected(0)]));
+}
+conformance!(delete, delete_shreds_record_and_cvc);
+
+async fn api_keys_and_key_ring(store: &Store) {
+    let s = signer();
+    let key = ApiKeyRow {
+        id: "key_1".into(),
+        tenant: "default".into(),
+        name: "ci".into(),
+        roles: vec!["tokenize".into(), "reveal".into()],
+        key_version: 1,
+        hash: vec![5; 32],
+        created_at: 10,
+        revoked_at: None,
+    };
+    let kr = KeyRow { purpose: "data".into(), version: 1, state: "active".into(), created_at: 10, wrapped: vec![1; 60] };
+    let job = Job {
+        ops: vec![
+            Op::InsertApiKey(key.clone()),
+            Op::InsertKey(kr.clone()),
+            Op::SetMeta { key: "tenant".into(), value: "default".into() },
+        ],
+        events: vec![event(Action::ApiKeyCreate, "key_1")],
+        events_if_affected: vec![],
+    };
+    store.commit(&[job], &s).await.unwrap();
+    assert_eq!(store.get_api_key("key_1").await.unwrap(), Some(key.clone()));
+    assert_eq!(store.list_api_keys("default").await.unwrap(), vec![key.clone()]);
+    assert_eq!(store.keys().await.unwrap(), vec![kr]);
+    assert_eq!(store.meta("tenant").await.unwrap().as_deref(), Some("default"));
+    let revoke = Job {
+        ops: vec![Op::RevokeApiKey { tenant: "default".into(), id: "key_1".into(), now: 20 }],
+        events: vec![],
+        events_if_affected: vec![],
+    };
+    assert_eq!(store.commit(&[revoke.clone()], &s).await.unwrap()[0], Ok(vec![OpOutput::Affected(1)]));
+    assert_eq!(store.commit(&[revoke], &s).await.unwrap()[0], Ok(vec![OpOutput::Affected(0)]));
+    assert_eq!(store.get_api_key("key_1").await.unwrap().unwrap().revoked_at, Some(20));
+}
+conformance!(api_keys, api_keys_and_key_ring);
+
+async fn group_commit_under_concurrency(store: &Store) {
+    let committer = GroupCommitter::spawn(store.clone(), Arc::new(signer()), 64);
+    let mut handles = Vec::new();
+    for i in 0..300 {
+        let c = committer.clone();
+        handles.push(tokio::spawn(async move {
+            c.submit(insert_job(token_row(&format!("tok_{i}"), (i % 250) as u8, false))).await
+        }));
+    }
+    for h in handles {
+        assert!(h.await.unwrap().unwrap().is_ok());
+    }
+    assert_eq!(store.count_tokens().await.unwrap(), 300);
+    assert_eq!(verify(store).await, 300);
+    let for_token = store.audit_events_for(Some("tok_7"), None).await.unwrap();
+    assert_eq!(for_token.len(), 1);
+}
+conformance!(group_commit, group_commit_under_concurrency);
+
+async fn tampering_is_detected(store: &Store) {
+    let s = signer();
+    for i in 0..5 {
+        store.commit(&[insert_job(token_row(&format!("tok_{i}"), i, false))], &s).await.unwrap();
+    }
+    assert_eq!(verify(store).await, 5);
+    store
+        .execute_raw_for_tests("UPDATE audit_events SET event_json = REPLACE(event_json, 'key_test', 'key_evil') WHERE seq = 3")
+        .await
+        .unwrap();
+    let mut v = Verifier::default();
+    let err = store.audit_events(0, 100).await.unwrap().iter().try_for_each(|r| v.push(r)).unwrap_err();
+    assert_eq!(err.seq(), Some(3));
+}
+conformance!(tampering, tampering_is_detected);
