@@ -137,13 +137,14 @@ impl<'d> StreamScanner<'d> {
 }
 
 /// Where to cut a buffer whose end may continue: the index of the last byte
-/// that is certainly not part of a cluster (the byte at the very end is
-/// skipped: whether a separator there belongs to a cluster depends on what
-/// comes next). `None` when there is no such byte.
+/// that is certainly not part of a cluster (a separator at the very end is
+/// not: whether it belongs to a cluster depends on what comes next). `None`
+/// when there is no such byte.
 fn cut_point(buf: &[u8]) -> Option<usize> {
     let n = buf.len();
-    if n < 2 {
-        return None;
+    let &last = buf.last()?;
+    if !last.is_ascii_digit() && last != b' ' && last != b'-' {
+        return Some(n - 1);
     }
     (0..n - 1).rev().find(|&i| !in_cluster(buf, i))
 }
@@ -186,7 +187,8 @@ mod tests {
 
     #[test]
     fn lines_and_columns_survive_any_block_size() {
-        let text = "first line\nsecond 4539 5787 6362 1486 x\n\nfourth:4526018159083012\n4661318609133";
+        let text =
+            "first line\nsecond 4539 5787 6362 1486 x\n\nfourth:4526018159083012\n4661318609133";
         let det = Detector::default();
         for step in [1, 2, 3, 5, 7, 16, 1000] {
             let mut got = Vec::new();

@@ -114,7 +114,11 @@ mod tests {
     #[test]
     fn list_is_sorted_luhn_valid_and_branded() {
         for w in TEST_CARDS.windows(2) {
-            assert!((w[0].len(), w[0]) < (w[1].len(), w[1]), "not sorted at {}", w[1]);
+            assert!(
+                (w[0].len(), w[0]) < (w[1].len(), w[1]),
+                "not sorted at {}",
+                w[1]
+            );
         }
         for c in TEST_CARDS {
             assert!(tokengate_core::luhn::is_valid(c.as_bytes()), "{c}");
