@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use aws_lc_rs::hmac;
+use aws_lc_rs::signature::Ed25519KeyPair;
 
 use crate::aead::AeadKey;
 use crate::root::RootKeyProvider;
@@ -28,11 +29,19 @@ pub enum KeyPurpose {
     ApiKey,
     /// Keyed hash for sensitive values in audit records.
     Audit,
+    /// Ed25519 seed that signs the audit chain head.
+    AuditSigning,
 }
 
 impl KeyPurpose {
-    pub const ALL: [KeyPurpose; 5] =
-        [KeyPurpose::Data, KeyPurpose::Cvc, KeyPurpose::Fingerprint, KeyPurpose::ApiKey, KeyPurpose::Audit];
+    pub const ALL: [KeyPurpose; 6] = [
+        KeyPurpose::Data,
+        KeyPurpose::Cvc,
+        KeyPurpose::Fingerprint,
+        KeyPurpose::ApiKey,
+        KeyPurpose::Audit,
+        KeyPurpose::AuditSigning,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -41,6 +50,7 @@ impl KeyPurpose {
             KeyPurpose::Fingerprint => "fingerprint",
             KeyPurpose::ApiKey => "api_key",
             KeyPurpose::Audit => "audit",
+            KeyPurpose::AuditSigning => "audit_signing",
         }
     }
 
@@ -101,6 +111,7 @@ struct Entry {
     state: KeyState,
     aead: Option<AeadKey>,
     hmac: Option<hmac::Key>,
+    ed25519: Option<Ed25519KeyPair>,
 }
 
 #[derive(Default)]
@@ -159,11 +170,15 @@ impl KeyRing {
             }
             let raw = root.unwrap(&kek_aad(w.purpose, w.version), &w.wrapped)?;
             let key = Key256::try_from_slice(raw.expose()).ok_or(CryptoError::Malformed)?;
-            let entry = if w.purpose.is_hmac() {
-                Entry { state: w.state, aead: None, hmac: Some(hmac::Key::new(hmac::HMAC_SHA256, key.expose())) }
-            } else {
-                Entry { state: w.state, aead: Some(AeadKey::new(key.expose())?), hmac: None }
-            };
+            let mut entry = Entry { state: w.state, aead: None, hmac: None, ed25519: None };
+            match w.purpose {
+                p if p.is_hmac() => entry.hmac = Some(hmac::Key::new(hmac::HMAC_SHA256, key.expose())),
+                KeyPurpose::AuditSigning => {
+                    entry.ed25519 =
+                        Some(Ed25519KeyPair::from_seed_unchecked(key.expose()).map_err(|_| CryptoError::Library)?)
+                }
+                _ => entry.aead = Some(AeadKey::new(key.expose())?),
+            }
             if w.state == KeyState::Active && pk.active.is_none_or(|a| a < w.version) {
                 pk.active = Some(w.version);
             }
@@ -204,6 +219,12 @@ impl KeyRing {
             return Err(CryptoError::KeyVersionRetired { purpose: purpose.as_str(), version });
         }
         Ok(e)
+    }
+
+    /// The active audit-signing key pair.
+    pub fn audit_signer(&self) -> Result<&Ed25519KeyPair, CryptoError> {
+        let v = self.active_version(KeyPurpose::AuditSigning)?;
+        self.entry(KeyPurpose::AuditSigning, v)?.ed25519.as_ref().ok_or(CryptoError::Library)
     }
 
     /// The AEAD key for `purpose` (data or cvc) at `version`.

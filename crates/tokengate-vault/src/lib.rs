@@ -1,1 +1,25 @@
-//! placeholder
+//! The vault: every card-data and access-control operation, independent of
+//! transport. The HTTP server and the CLI are thin layers over [`Vault`].
+//!
+//! Invariants this crate keeps:
+//! - a card-data operation returns success only after its audit record
+//!   committed in the same transaction as its data change (fail closed);
+//! - plaintext card data exists only in zeroizing buffers and in the value
+//!   handed back to a caller holding the `reveal` role;
+//! - every failed authentication or authorization is audited.
+
+#![forbid(unsafe_code)]
+
+pub mod access;
+pub mod cards;
+pub mod clock;
+pub mod error;
+pub mod init;
+mod open;
+pub mod sweeper;
+
+pub use access::{ApiKeyInfo, Caller, NewApiKey, RequestMeta, Role};
+pub use cards::{CardInput, RevealedCard, TokenInfo, TokenizeOutcome, TokenizeRequest};
+pub use error::VaultError;
+pub use init::{InitOptions, InitOutput, init};
+pub use open::{DataDir, Vault, VaultConfig, is_fresh, verify_store};

@@ -1,0 +1,131 @@
+//! `tokengate init`: create a data directory with everything a vault needs.
+//!
+//! Never overwrites: a non-empty data directory, or a database that already
+//! holds keys, is refused, so keys cannot be replaced by accident.
+
+use std::collections::HashMap;
+use std::fs::{DirBuilder, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use data_encoding::HEXLOWER;
+use serde::Serialize;
+use tokengate_audit::{Action, AuditEvent, Ident, Outcome};
+use tokengate_crypto::{FileRootKey, KeyRing};
+use tokengate_store::{Job, KeyRow, Op, Store};
+
+use crate::access::{RequestMeta, Role};
+use crate::clock::now_ms;
+use crate::error::VaultError;
+use crate::open::{DataDir, RingSigner, Vault, VaultConfig, is_fresh};
+
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+}
+
+/// What `init` created. `admin_api_key` is shown this once.
+#[derive(Clone, Debug, Serialize)]
+pub struct InitOutput {
+    pub admin_api_key: String,
+    pub admin_api_key_id: String,
+    pub data_dir: String,
+    pub database: String,
+    pub root_key_file: String,
+    pub tls_certificate: String,
+    pub audit_public_key: String,
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> VaultError {
+    VaultError::invalid("init_failed", format!("{what} {}: {e}", path.display()))
+}
+
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), VaultError> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| io_err("cannot create", path, e))?;
+    f.write_all(bytes).map_err(|e| io_err("cannot write", path, e))?;
+    f.sync_all().map_err(|e| io_err("cannot sync", path, e))
+}
+
+/// Create a self-signed certificate for localhost (until a certificate store
+/// holds real ones). Returns (cert PEM, key PEM).
+fn self_signed() -> Result<(String, zeroize::Zeroizing<String>), VaultError> {
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| VaultError::Internal(format!("key generation: {e}")))?;
+    let mut params = rcgen::CertificateParams::new(names).map_err(|e| VaultError::Internal(e.to_string()))?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, "tokengate localhost (self-signed)");
+    let cert = params.self_signed(&key).map_err(|e| VaultError::Internal(e.to_string()))?;
+    Ok((cert.pem(), zeroize::Zeroizing::new(key.serialize_pem())))
+}
+
+/// Set up `opts.data_dir` (and the database) from nothing.
+pub async fn init(opts: &InitOptions) -> Result<InitOutput, VaultError> {
+    let dir = DataDir(opts.data_dir.clone());
+    if !is_fresh(&dir.0) {
+        return Err(VaultError::invalid(
+            "data_dir_exists",
+            format!("{} already exists and is not empty; refusing to touch existing keys", dir.0.display()),
+        ));
+    }
+    DirBuilder::new().recursive(true).mode(0o700).create(&dir.0).map_err(|e| io_err("cannot create", &dir.0, e))?;
+    let root = FileRootKey::create(&dir.root_key()).map_err(|e| VaultError::Internal(e.to_string()))?;
+
+    let url = dir.store_url(opts.database_url.as_deref());
+    let store = Store::connect(&url).await.map_err(|e| VaultError::invalid("database_unavailable", e.to_string()))?;
+    if !store.keys().await?.is_empty() {
+        return Err(VaultError::invalid(
+            "database_initialised",
+            "the database already holds a key ring; refusing to replace it",
+        ));
+    }
+    let now = now_ms();
+    let wrapped = KeyRing::generate_initial(&root, now / 1000)?;
+    let ring = Arc::new(KeyRing::load(&root, &wrapped, &HashMap::new())?);
+    let mut job = Job::default();
+    for w in &wrapped {
+        job.ops.push(Op::InsertKey(KeyRow {
+            purpose: w.purpose.as_str().to_owned(),
+            version: w.version,
+            state: w.state.as_str().to_owned(),
+            created_at: w.created_at,
+            wrapped: w.wrapped.clone(),
+        }));
+    }
+    job.ops.push(Op::SetMeta { key: "default_tenant".into(), value: "default".into() });
+    let mut ev = AuditEvent::new(now, Action::Init, Outcome::Success, Ident::from_static("system"));
+    ev.tenant = Ident::new("default");
+    job.events.push(ev);
+    store.commit(&[job], &RingSigner(ring.clone())).await?.into_iter().next().transpose().map_err(|e| VaultError::Internal(e.to_string()))?;
+    store.close().await;
+
+    let mut config = VaultConfig::new(&dir.0);
+    config.database_url = opts.database_url.clone();
+    let vault = Vault::open_with_root(config, &root).await?;
+    let admin = vault.insert_api_key(None, "default", "admin", &[Role::Admin], &RequestMeta::default()).await?;
+    let audit_public_key = HEXLOWER.encode(&vault.audit_public_key()?);
+    vault.store().close().await;
+
+    let tls_dir = dir.0.join("tls");
+    DirBuilder::new().mode(0o700).create(&tls_dir).map_err(|e| io_err("cannot create", &tls_dir, e))?;
+    let (cert, key) = self_signed()?;
+    write_file(&dir.tls_cert(), cert.as_bytes(), 0o644)?;
+    write_file(&dir.tls_key(), key.as_bytes(), 0o600)?;
+
+    Ok(InitOutput {
+        admin_api_key: admin.secret.to_string(),
+        admin_api_key_id: admin.info.id,
+        data_dir: dir.0.display().to_string(),
+        database: if opts.database_url.is_some() { "postgresql".into() } else { dir.database().display().to_string() },
+        root_key_file: dir.root_key().display().to_string(),
+        tls_certificate: dir.tls_cert().display().to_string(),
+        audit_public_key,
+    })
+}

@@ -1,0 +1,193 @@
+//! Opening a vault: data directory, root key, store, key ring, committer.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokengate_audit::chain::ChainHash;
+use tokengate_audit::{SignedHead, Verifier, VerifyError, VerifyReport};
+use tokengate_crypto::{FileRootKey, KeyPurpose, KeyRing, KeyState, RootKeyProvider, WrappedKey};
+use tokengate_store::{GroupCommitter, HeadSigner, KeyRow, Store};
+
+use crate::access::CachedKey;
+use crate::error::VaultError;
+
+/// Where a vault keeps its files.
+#[derive(Clone, Debug)]
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    pub fn database(&self) -> PathBuf {
+        self.0.join("tokengate.db")
+    }
+    pub fn root_key(&self) -> PathBuf {
+        FileRootKey::path_in(&self.0)
+    }
+    pub fn tls_cert(&self) -> PathBuf {
+        self.0.join("tls").join("cert.pem")
+    }
+    pub fn tls_key(&self) -> PathBuf {
+        self.0.join("tls").join("key.pem")
+    }
+    /// The store URL: `database_url` when given, else the SQLite file here.
+    pub fn store_url(&self, database_url: Option<&str>) -> String {
+        match database_url {
+            Some(u) => u.to_owned(),
+            None => format!("sqlite://{}?mode=rwc", self.database().display()),
+        }
+    }
+}
+
+/// Run-time settings of the vault.
+#[derive(Clone, Debug)]
+pub struct VaultConfig {
+    pub data_dir: PathBuf,
+    /// `postgres://…` to use PostgreSQL; SQLite in the data dir otherwise.
+    pub database_url: Option<String>,
+    /// How long a CVC is held at most (PCI DSS: not after authorization).
+    pub cvc_ttl: Duration,
+    /// Largest number of jobs in one group commit.
+    pub max_commit_batch: usize,
+    /// How long an authenticated API key is trusted before it is re-read
+    /// (revocation on another node takes effect within this time).
+    pub api_key_cache_ttl: Duration,
+}
+
+impl VaultConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> VaultConfig {
+        VaultConfig {
+            data_dir: data_dir.into(),
+            database_url: None,
+            cvc_ttl: Duration::from_secs(3600),
+            max_commit_batch: 256,
+            api_key_cache_ttl: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The audit head signer backed by the key ring's Ed25519 key.
+pub(crate) struct RingSigner(pub(crate) Arc<KeyRing>);
+
+impl HeadSigner for RingSigner {
+    fn sign(&self, seq: u64, hash: &ChainHash) -> Vec<u8> {
+        match self.0.audit_signer() {
+            Ok(k) => SignedHead::sign(k, seq, *hash).signature,
+            // Without a key the head cannot verify; `audit verify` reports it.
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// An open vault. Cheap to share behind an `Arc`.
+pub struct Vault {
+    pub(crate) config: VaultConfig,
+    pub(crate) store: Store,
+    pub(crate) committer: GroupCommitter,
+    pub(crate) ring: Arc<KeyRing>,
+    pub(crate) key_cache: RwLock<HashMap<String, CachedKey>>,
+    pub(crate) tenant: String,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault").field("data_dir", &self.config.data_dir).finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn key_rows_to_wrapped(rows: &[KeyRow]) -> Result<Vec<WrappedKey>, VaultError> {
+    rows.iter()
+        .map(|r| {
+            Ok(WrappedKey {
+                purpose: KeyPurpose::from_name(&r.purpose)
+                    .ok_or_else(|| VaultError::Internal(format!("unknown key purpose {}", r.purpose)))?,
+                version: r.version,
+                state: KeyState::from_name(&r.state)
+                    .ok_or_else(|| VaultError::Internal(format!("unknown key state {}", r.state)))?,
+                created_at: r.created_at,
+                wrapped: r.wrapped.clone(),
+            })
+        })
+        .collect()
+}
+
+impl Vault {
+    /// Open an initialised data directory. Must run inside a tokio runtime.
+    pub async fn open(config: VaultConfig) -> Result<Vault, VaultError> {
+        let dir = DataDir(config.data_dir.clone());
+        let root = FileRootKey::open(&dir.root_key()).map_err(|e| VaultError::Internal(e.to_string()))?;
+        Self::open_with_root(config, &root).await
+    }
+
+    /// Open with an explicit root-key provider.
+    pub async fn open_with_root(config: VaultConfig, root: &dyn RootKeyProvider) -> Result<Vault, VaultError> {
+        let dir = DataDir(config.data_dir.clone());
+        let url = dir.store_url(config.database_url.as_deref());
+        let store = Store::connect(&url).await.map_err(|e| VaultError::Internal(e.to_string()))?;
+        let rows = store.keys().await?;
+        if rows.is_empty() {
+            return Err(VaultError::Internal("the database holds no keys: run `tokengate init` first".into()));
+        }
+        let wrapped = key_rows_to_wrapped(&rows)?;
+        let ring = Arc::new(
+            KeyRing::load(root, &wrapped, &HashMap::new())
+                .map_err(|e| VaultError::Internal(format!("cannot unwrap the key ring with this root key: {e}")))?,
+        );
+        let tenant = store.meta("default_tenant").await?.unwrap_or_else(|| "default".to_owned());
+        let committer =
+            GroupCommitter::spawn(store.clone(), Arc::new(RingSigner(ring.clone())), config.max_commit_batch.max(1));
+        Ok(Vault { config, store, committer, ring, key_cache: RwLock::new(HashMap::new()), tenant })
+    }
+
+    pub fn config(&self) -> &VaultConfig {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn default_tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// Ed25519 public key that verifies the audit head (hex).
+    pub fn audit_public_key(&self) -> Result<Vec<u8>, VaultError> {
+        Ok(tokengate_audit::head::public_key(self.ring.audit_signer()?))
+    }
+
+    /// Check the whole audit trail: chain links, hashes, and the signed head.
+    pub async fn verify_audit(&self) -> Result<Result<VerifyReport, VerifyError>, VaultError> {
+        let pk = self.audit_public_key()?;
+        verify_store(&self.store, &pk).await
+    }
+}
+
+/// Verify the audit trail in `store` against `public_key`.
+pub async fn verify_store(store: &Store, public_key: &[u8]) -> Result<Result<VerifyReport, VerifyError>, VaultError> {
+    let mut v = Verifier::default();
+    let mut after = 0;
+    loop {
+        let page = store.audit_events(after, 5000).await?;
+        if page.is_empty() {
+            break;
+        }
+        for r in &page {
+            if let Err(e) = v.push(r) {
+                return Ok(Err(e));
+            }
+            after = r.seq;
+        }
+    }
+    let head = store.audit_head().await?;
+    Ok(v.finish(head.as_ref(), public_key))
+}
+
+/// True when `dir` holds nothing that `init` would create.
+pub fn is_fresh(dir: &Path) -> bool {
+    match std::fs::read_dir(dir) {
+        Ok(mut it) => it.next().is_none(),
+        Err(_) => true,
+    }
+}
+
