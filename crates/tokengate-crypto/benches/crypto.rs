@@ -1,3 +1,4 @@
+#![allow(clippy::expect_used)] // benchmark set-up: fail loudly
 //! The per-request crypto cost of tokenize and reveal, and the fingerprint.
 use std::collections::HashMap;
 use std::hint::black_box;

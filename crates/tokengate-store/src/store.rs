@@ -115,10 +115,10 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl);
         };
-        if let Some(s) = schema {
-            if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                return Err(StoreError::Database("invalid schema name".into()));
-            }
+        if let Some(s) = schema
+            && !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(StoreError::Database("invalid schema name".into()));
         }
         let schema_owned = schema.map(str::to_owned);
         let opts = AnyPoolOptions::new()

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)] // test code: fail loudly
 //! The store conformance suite. Every test runs against SQLite and against
 //! PostgreSQL (URL from `TOKENGATE_TEST_POSTGRES_URL`, one schema per test).
 //! In CI (`CI=true`) a missing PostgreSQL URL is a failure, not a skip.
@@ -221,7 +222,7 @@ async fn cvc_taken_once_and_expires(store: &Store) {
         events: vec![],
         events_if_affected: vec![(0, event(Action::CvcExpire, "tok_b"))],
     };
-    let r = store.commit(&[expire.clone()], &s).await.unwrap();
+    let r = store.commit(std::slice::from_ref(&expire), &s).await.unwrap();
     assert_eq!(r[0], Ok(vec![OpOutput::Affected(1)]));
     let r = store.commit(&[expire], &s).await.unwrap();
     assert_eq!(r[0], Ok(vec![OpOutput::Affected(0)]));
@@ -246,7 +247,7 @@ async fn delete_shreds_record_and_cvc(store: &Store) {
         events: vec![event(Action::TokenDelete, "tok_a")],
         events_if_affected: vec![],
     };
-    let r = store.commit(&[del.clone()], &s).await.unwrap();
+    let r = store.commit(std::slice::from_ref(&del), &s).await.unwrap();
     assert_eq!(r[0], Ok(vec![OpOutput::Affected(1)]));
     assert!(store.get_token("default", "tok_a", 0).await.unwrap().is_none());
     assert!(store.get_cvc("default", "tok_a").await.unwrap().is_none());
@@ -287,7 +288,7 @@ async fn api_keys_and_key_ring(store: &Store) {
         events: vec![],
         events_if_affected: vec![],
     };
-    assert_eq!(store.commit(&[revoke.clone()], &s).await.unwrap()[0], Ok(vec![OpOutput::Affected(1)]));
+    assert_eq!(store.commit(std::slice::from_ref(&revoke), &s).await.unwrap()[0], Ok(vec![OpOutput::Affected(1)]));
     assert_eq!(store.commit(&[revoke], &s).await.unwrap()[0], Ok(vec![OpOutput::Affected(0)]));
     assert_eq!(store.get_api_key("key_1").await.unwrap().unwrap().revoked_at, Some(20));
 }

@@ -146,12 +146,11 @@ impl Vault {
     }
 
     async fn lookup_key(&self, id: &str) -> Result<Option<ApiKeyRow>, VaultError> {
-        if let Ok(cache) = self.key_cache.read() {
-            if let Some(c) = cache.get(id) {
-                if c.fetched.elapsed() < self.config.api_key_cache_ttl {
-                    return Ok(Some(c.row.clone()));
-                }
-            }
+        if let Ok(cache) = self.key_cache.read()
+            && let Some(c) = cache.get(id)
+            && c.fetched.elapsed() < self.config.api_key_cache_ttl
+        {
+            return Ok(Some(c.row.clone()));
         }
         let row = self.store.get_api_key(id).await?;
         if let (Some(r), Ok(mut cache)) = (&row, self.key_cache.write()) {

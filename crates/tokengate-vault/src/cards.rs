@@ -230,10 +230,10 @@ impl Vault {
         let now = now_ms();
 
         for _ in 0..TOKEN_ATTEMPTS {
-            if req.deterministic {
-                if let Some(existing) = self.store.find_deterministic(tenant, req.format.as_str(), &fingerprint).await? {
-                    return self.reuse_deterministic(caller, existing, card.cvc.as_ref(), now).await;
-                }
+            if req.deterministic
+                && let Some(existing) = self.store.find_deterministic(tenant, req.format.as_str(), &fingerprint).await?
+            {
+                return self.reuse_deterministic(caller, existing, card.cvc.as_ref(), now).await;
             }
             let token = new_token(req.format, &card.pan)?;
             let aad = RecordAad { tenant, token: token.as_str() };
