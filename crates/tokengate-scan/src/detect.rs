@@ -284,6 +284,16 @@ impl Default for DetectorConfig {
     }
 }
 
+/// What the rules say about one candidate digit string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    NotCard,
+    /// A card number that a rule (test card, low entropy, allow-list) hides.
+    Suppressed,
+    /// Brand and test-card flag.
+    Card(Brand, bool),
+}
+
 /// Byte classes for the scan loop.
 const DIGIT: u8 = 1;
 const SEP: u8 = 2;
@@ -380,30 +390,31 @@ impl Detector {
         self.find(hay).next().is_some()
     }
 
-    /// Checks one candidate digit string (no separators). Returns the brand
-    /// and test-card flag when it should be reported.
-    fn check(&self, digits: &[u8]) -> Option<(Brand, bool)> {
+    /// Judges one candidate digit string (no separators).
+    fn check(&self, digits: &[u8]) -> Verdict {
         let len = digits.len();
         if !(self.min_len..=MAX_PAN_LEN).contains(&len) {
-            return None;
+            return Verdict::NotCard;
         }
-        let brand = brand::detect(digits)?;
+        let Some(brand) = brand::detect(digits) else {
+            return Verdict::NotCard;
+        };
         if !brand.lengths().contains(&len) || !luhn::is_valid(digits) {
-            return None;
+            return Verdict::NotCard;
         }
         let test_card = testcards::is_test_card(digits);
         if test_card {
             if !self.cfg.include_test_cards {
-                return None;
+                return Verdict::Suppressed;
             }
         } else if !self.cfg.include_low_entropy && low_entropy(digits) {
-            return None;
+            return Verdict::Suppressed;
         }
         let (bin6, last4) = bin6_last4(digits);
         if self.cfg.allow.allows(digits, bin6, last4) {
-            return None;
+            return Verdict::Suppressed;
         }
-        Some((brand, test_card))
+        Verdict::Card(brand, test_card)
     }
 
     /// True when the separator layout of a multi-group window fits a usual
@@ -536,17 +547,21 @@ impl Matches<'_, '_> {
         }
     }
 
-    /// Tries windows of groups starting at `groups[i]`; on a finding returns
-    /// it with the index of the group after it.
-    fn window_at(&self, i: usize) -> Option<(Finding, usize)> {
+    /// Tries windows of groups starting at `groups[i]`. The longest window
+    /// that is a card number wins (a 19-digit card printed 4-4-4-4-3 must not
+    /// be cut to the 16 digits before its last group). Returns the finding
+    /// (`None` when a rule suppresses it) and the index of the group after
+    /// the window; `None` when no window starting here is a card number.
+    fn window_at(&self, i: usize) -> Option<(Option<Finding>, usize)> {
         let det = self.det;
         let mut buf = [0u8; MAX_PAN_LEN];
         let mut total = 0usize;
+        let mut best: Option<(usize, usize, Verdict)> = None;
         for j in i..self.groups.len() {
             let (s, e) = self.groups[j];
             let len = e - s;
             if total + len > MAX_PAN_LEN {
-                return None;
+                break;
             }
             buf[total..total + len].copy_from_slice(&self.hay[s..e]);
             total += len;
@@ -556,26 +571,34 @@ impl Matches<'_, '_> {
             if j > i && !det.grouping_ok(self.groups[i..=j].iter().map(|(s, e)| e - s), total) {
                 continue;
             }
-            let digits = &buf[..total];
-            let Some((brand, test_card)) = det.check(digits) else {
-                continue;
-            };
-            let (bin6, last4) = bin6_last4(digits);
-            let start = self.groups[i].0;
-            let kind = track_kind(self.hay, start, e);
-            let finding = Finding {
-                start,
-                end: e,
-                brand,
-                kind,
-                test_card,
-                len: u8::try_from(total).unwrap_or(0),
-                bin6,
-                last4,
-            };
-            return Some((finding, j + 1));
+            match det.check(&buf[..total]) {
+                Verdict::NotCard => {}
+                v => best = Some((j, total, v)),
+            }
         }
-        None
+        let (j, total, verdict) = best?;
+        let Verdict::Card(brand, test_card) = verdict else {
+            return Some((None, j + 1));
+        };
+        let (bin6, last4) = bin6_last4(&buf[..total]);
+        let start = self.groups[i].0;
+        let end = self.groups[j].1;
+        let kind = track_kind(self.hay, start, end);
+        if kind != Kind::Track2 && in_long_hex_token(self.hay, start, end) {
+            // Part of a hash or trace id: the whole token is consumed.
+            return Some((None, j + 1));
+        }
+        let finding = Finding {
+            start,
+            end,
+            brand,
+            kind,
+            test_card,
+            len: u8::try_from(total).unwrap_or(0),
+            bin6,
+            last4,
+        };
+        Some((Some(finding), j + 1))
     }
 }
 
@@ -595,14 +618,37 @@ impl Iterator for Matches<'_, '_> {
             };
             let mut i = i;
             while i < self.groups.len() {
-                if let Some((f, next)) = self.window_at(i) {
-                    self.pending = Some(next);
-                    return Some(f);
+                match self.window_at(i) {
+                    Some((Some(f), next)) => {
+                        self.pending = Some(next);
+                        return Some(f);
+                    }
+                    Some((None, next)) => i = next,
+                    None => i += 1,
                 }
-                i += 1;
             }
         }
     }
+}
+
+/// Shortest hexadecimal token (hash, trace id, UUID without dashes) whose
+/// digit runs are not card numbers.
+const LONG_HEX_TOKEN: usize = 24;
+
+/// True when `hay[start..end]` sits inside a run of 24 or more hex digits
+/// that also holds a letter (a digit-only run is a longer digit run and never
+/// gets here).
+fn in_long_hex_token(hay: &[u8], start: usize, end: usize) -> bool {
+    let before = hay[..start]
+        .iter()
+        .rev()
+        .take_while(|b| b.is_ascii_hexdigit())
+        .count();
+    let after = hay[end..]
+        .iter()
+        .take_while(|b| b.is_ascii_hexdigit())
+        .count();
+    (before > 0 || after > 0) && before + (end - start) + after >= LONG_HEX_TOKEN
 }
 
 /// Classifies the context of a number at `hay[start..end]` as track data.
@@ -661,6 +707,15 @@ mod tests {
     }
 
     #[test]
+    fn longest_window_wins() {
+        // 19-digit Visa printed 4-4-4-4-3 whose first 16 digits also pass Luhn.
+        let d = Detector::default();
+        let f: Vec<_> = d.find(b"x 4909 9603 0824 6281 946 y").collect();
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].digits_len(), 19);
+    }
+
+    #[test]
     fn separated_neighbours_do_not_hide_a_number() {
         assert_eq!(masked("qty 2 4539578763621486 ok"), ["453957******1486"]);
         assert_eq!(
@@ -695,6 +750,13 @@ mod tests {
         assert_eq!(all.len(), 2);
         let first: Vec<_> = d.find_before(hay, 20).collect();
         assert_eq!(first.len(), 1);
+    }
+
+    #[test]
+    fn hex_tokens_are_not_cards() {
+        assert!(masked("trace=ab4539578763621486cdef0123").is_empty());
+        assert_eq!(masked("q=%3D4539578763621486%26"), ["453957******1486"]);
+        assert_eq!(masked("cardB4539578763621486x"), ["453957******1486"]);
     }
 
     #[test]
