@@ -1,1 +1,30 @@
-//! placeholder
+//! tokengate's HTTPS server.
+//!
+//! - [`app`] builds the axum router: routes, and the layers every response
+//!   passes through (request id, security headers, metrics, panic guard).
+//! - [`routes`]: one module per API area; handlers only translate between
+//!   HTTP and [`tokengate_vault::Vault`], which holds the rules.
+//! - [`extract`]: the JSON body and API-key extractors. JSON errors are
+//!   rebuilt from the error's position and kind so that no value the caller
+//!   sent (a card number, a CVC) is ever echoed.
+//! - [`error`]: [`ApiError`], the single error body and status mapping.
+//! - [`tls`] and [`serve`]: rustls configuration and the accept loop.
+//! - [`logging`]: the tracing subscriber whose writer masks card numbers.
+//! - [`config`]: file + environment configuration, validated before binding.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod logging;
+pub mod openapi;
+pub mod routes;
+pub mod run;
+pub mod serve;
+pub mod tls;
+
+pub use app::{AppState, router};
+pub use config::Config;
+pub use error::ApiError;

@@ -77,6 +77,11 @@ pub async fn init(opts: &InitOptions) -> Result<InitOutput, VaultError> {
     }
     DirBuilder::new().recursive(true).mode(0o700).create(&dir.0).map_err(|e| io_err("cannot create", &dir.0, e))?;
     let root = FileRootKey::create(&dir.root_key()).map_err(|e| VaultError::Internal(e.to_string()))?;
+    if opts.database_url.is_none() {
+        // Create the database file owner-only; SQLite gives its -wal and
+        // -shm files the same permissions.
+        write_file(&dir.database(), b"", 0o600)?;
+    }
 
     let url = dir.store_url(opts.database_url.as_deref());
     let store = Store::connect(&url).await.map_err(|e| VaultError::invalid("database_unavailable", e.to_string()))?;

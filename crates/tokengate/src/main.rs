@@ -1,1 +1,189 @@
-fn main() {}
+//! The `tokengate` command. Argument parsing, output and exit codes only:
+//! everything it does lives in library crates that tests reach directly.
+//!
+//! Exit codes: 0 success; 1 failure (including `audit verify` finding
+//! tampering); 2 usage error (clap); 64 invalid configuration.
+
+#![forbid(unsafe_code)]
+// The CLI's job is to print to the terminal.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokengate_server::config::{Config, ProcessEnv};
+use tokengate_vault::{InitOptions, is_fresh};
+
+#[derive(Parser, Debug)]
+#[command(name = "tokengate", version, about = "Keeps card data out of your application: vault, edge and compliance toolkit.")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create a data directory: database, root key, audit signing key, TLS certificate, admin API key.
+    Init {
+        #[arg(long, default_value = "./tokengate-data", env = "TOKENGATE_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve the HTTPS API.
+    Serve {
+        #[arg(long, env = "TOKENGATE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Address to listen on (default 127.0.0.1:8443, or 0.0.0.0:$PORT).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Development mode: initialise the data directory if it is missing.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Audit trail commands.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+    /// Print the OpenAPI document.
+    Openapi,
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCmd {
+    /// Verify the hash chain and the signed head; exit 1 naming the first bad record.
+    Verify {
+        #[arg(long, default_value = "./tokengate-data", env = "TOKENGATE_DATA_DIR")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tokengate_server::logging::install_panic_hook();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            let msg = format!("{e:#}");
+            eprintln!("error: {}", tokengate_core::redact_pans(&msg));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Init { data_dir, json } => {
+            tokengate_server::logging::init(Default::default());
+            let database_url = std::env::var("DATABASE_URL").ok();
+            let out = tokengate_vault::init(&InitOptions { data_dir, database_url }).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                print_init(&out);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Serve { data_dir, listen, config, dev } => serve(data_dir, listen, config, dev).await,
+        Cmd::Audit { cmd: AuditCmd::Verify { data_dir, json } } => audit_verify(data_dir, json).await,
+        Cmd::Openapi => {
+            println!("{}", tokengate_server::openapi::json());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_init(out: &tokengate_vault::InitOutput) {
+    println!("Initialised {}", out.data_dir);
+    println!("  database:         {}", out.database);
+    println!("  root key file:    {} (mode 0600; back it up apart from the database)", out.root_key_file);
+    println!("  TLS certificate:  {} (self-signed for localhost)", out.tls_certificate);
+    println!("  audit public key: {}", out.audit_public_key);
+    println!();
+    println!("Admin API key (shown once, store it now):");
+    println!("  {}", out.admin_api_key);
+}
+
+async fn serve(data_dir: Option<PathBuf>, listen: Option<std::net::SocketAddr>, config: Option<PathBuf>, dev: bool) -> anyhow::Result<ExitCode> {
+    let mut cfg = match Config::load(config.as_deref(), &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(64));
+        }
+    };
+    if let Some(d) = data_dir {
+        cfg.data_dir = d;
+    }
+    if listen.is_some() {
+        cfg.listen = listen;
+    }
+    tokengate_server::logging::init(cfg.log_format);
+    if dev && is_fresh(&cfg.data_dir) {
+        let out = tokengate_vault::init(&InitOptions { data_dir: cfg.data_dir.clone(), database_url: cfg.database_url.clone() }).await?;
+        print_init(&out);
+    }
+    let running = tokengate_server::run::start(&cfg).await?;
+    println!("tokengate listening on https://{}", running.addr);
+    let _ = std::io::stdout().flush();
+    tracing::info!(addr = %running.addr, data_dir = %cfg.data_dir.display(), "serving");
+    shutdown_signal().await;
+    running.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}
+
+async fn audit_verify(data_dir: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
+    let mut cfg = Config::load(None, &ProcessEnv).unwrap_or_default();
+    cfg.data_dir = data_dir;
+    let vault = tokengate_server::run::open_vault(&cfg).await?;
+    let result = vault.verify_audit().await?;
+    match result {
+        Ok(report) => {
+            if json {
+                println!("{}", serde_json::json!({"ok": true, "records": report.records, "last_seq": report.last_seq, "head_hash": report.head_hash}));
+            } else {
+                println!("audit trail intact: {} records, head {} (seq {})", report.records, report.head_hash, report.last_seq);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            if json {
+                println!("{}", serde_json::json!({"ok": false, "first_bad_record": e.seq(), "error": e.to_string()}));
+            } else {
+                println!("audit trail FAILED verification: {e}");
+            }
+            Ok(ExitCode::from(1))
+        }
+    }
+}

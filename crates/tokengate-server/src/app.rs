@@ -1,0 +1,152 @@
+//! The router and the layers every request passes through.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokengate_audit::{Ident, SafeText};
+use tokengate_vault::{RequestMeta, Vault};
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::routes;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub vault: Arc<Vault>,
+    pub config: Arc<Config>,
+    pub metrics: Option<PrometheusHandle>,
+    pub ready: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// The peer address of the connection, set by the accept loop.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+fn new_request_id() -> Ident {
+    let bytes: [u8; 10] = tokengate_crypto::random::bytes().unwrap_or([0; 10]);
+    let hex = data_encoding::HEXLOWER.encode(&bytes);
+    Ident::new(&format!("req_{hex}")).unwrap_or_else(|| Ident::from_static("req_unknown"))
+}
+
+/// Assign the request id (the caller's `X-Request-Id` if it is a safe
+/// identifier of ≤ 64 bytes, else a new one), collect audit facts, and echo
+/// the id on the response.
+async fn request_context(mut req: Request, next: Next) -> Response {
+    let request_id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| s.len() <= 64)
+        .and_then(Ident::new)
+        .unwrap_or_else(new_request_id);
+    let meta = RequestMeta {
+        request_id: Some(request_id.clone()),
+        client_ip: req.extensions().get::<PeerAddr>().map(|p| p.0.ip()),
+        user_agent: req.headers().get(header::USER_AGENT).map(|v| SafeText::new(&String::from_utf8_lossy(v.as_bytes()))),
+    };
+    req.extensions_mut().insert(meta);
+    let mut resp = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
+        resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
+    }
+    resp
+}
+
+/// Security headers on every response, success or error.
+async fn security_headers(req: Request, next: Next) -> Response {
+    let card_route = req.uri().path().starts_with("/v1/");
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=63072000; includeSubDomains"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    if card_route {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    h.remove(header::SERVER);
+    resp
+}
+
+/// Request count and latency per route template and status. Labels never
+/// hold the raw path (which could hold a token or a mistyped PAN).
+async fn record_metrics(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_owned();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    let elapsed = start.elapsed();
+    metrics::counter!("tokengate_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status.clone()).increment(1);
+    metrics::histogram!("tokengate_http_request_duration_seconds", "method" => method.clone(), "route" => route.clone()).record(elapsed.as_secs_f64());
+    tracing::debug!(%method, %route, %status, latency_us = elapsed.as_micros() as u64, "request");
+    resp
+}
+
+async fn fallback() -> ApiError {
+    ApiError::not_found()
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error").into_response()
+}
+
+async fn method_not_allowed_to_json(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    if resp.status() == axum::http::StatusCode::METHOD_NOT_ALLOWED {
+        return ApiError::method_not_allowed().into_response();
+    }
+    resp
+}
+
+/// The whole HTTP API.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/tokens", post(routes::tokens::create))
+        .route("/v1/tokens/batch", post(routes::tokens::batch))
+        .route("/v1/tokens/search", post(routes::tokens::search))
+        .route("/v1/tokens/{token}", get(routes::tokens::info).delete(routes::tokens::delete))
+        .route("/v1/tokens/{token}/reveal", post(routes::tokens::reveal))
+        .route("/v1/api-keys", post(routes::api_keys::create).get(routes::api_keys::list))
+        .route("/v1/api-keys/{id}", axum::routing::delete(routes::api_keys::revoke))
+        .route("/healthz", get(routes::health::healthz))
+        .route("/readyz", get(routes::health::readyz))
+        .route("/metrics", get(routes::health::metrics))
+        .route("/openapi.json", get(routes::health::openapi))
+        .fallback(fallback)
+        .with_state(state.clone());
+    api.layer(middleware::from_fn(record_metrics))
+        .layer(middleware::from_fn(method_not_allowed_to_json))
+        .layer(middleware::from_fn(security_headers))
+        .layer(middleware::from_fn(request_context))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+}
+

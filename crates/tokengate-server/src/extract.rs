@@ -1,0 +1,180 @@
+//! Extractors: PAN-safe JSON bodies and the authenticated caller.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{StatusCode, header, request::Parts};
+use serde::de::DeserializeOwned;
+use tokengate_vault::{Caller, RequestMeta};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+/// A JSON request body of type `T`, size-limited, with errors that name the
+/// field and the problem but never repeat a value the caller sent.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("request body exceeds {limit} bytes"),
+    )
+}
+
+/// Keep a path segment only if it is one of our own field names or an index;
+/// anything else came from the caller and may be a secret.
+fn safe_path(path: &serde_path_to_error::Path) -> String {
+    let mut out = String::new();
+    for seg in path.iter() {
+        let s = match seg {
+            serde_path_to_error::Segment::Seq { index } => format!("[{index}]"),
+            serde_path_to_error::Segment::Map { key } | serde_path_to_error::Segment::Enum { variant: key } => {
+                let ok = !key.is_empty() && key.len() <= 32 && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+                if ok { format!(".{key}") } else { ".<key>".to_owned() }
+            }
+            serde_path_to_error::Segment::Unknown => ".?".to_owned(),
+        };
+        out.push_str(&s);
+    }
+    if out.is_empty() { "body".to_owned() } else { out.trim_start_matches('.').to_owned() }
+}
+
+/// Turn a serde error into a message without caller-sent values.
+fn describe(err: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let inner = err.inner();
+    let at = safe_path(err.path());
+    match inner.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof | serde_json::error::Category::Io => {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("request body is not valid JSON (line {}, column {})", inner.line(), inner.column()),
+            )
+        }
+        serde_json::error::Category::Data => {
+            let msg = inner.to_string();
+            // serde's messages: "unknown field `x`, expected one of ..",
+            // "missing field `y`", "invalid type: <value>, expected <what>".
+            let what = if msg.starts_with("unknown field") {
+                let expected = msg.split_once(", expected").map(|(_, e)| format!("; expected{}", strip_pos(e))).unwrap_or_default();
+                format!("unknown field at `{at}`{expected}")
+            } else if let Some(rest) = msg.strip_prefix("missing field `") {
+                let field: String = rest.chars().take_while(|c| *c != '`').filter(|c| c.is_ascii_lowercase() || *c == '_').collect();
+                if at == "body" { format!("missing field `{field}`") } else { format!("missing field `{field}` in `{at}`") }
+            } else if let Some((_, expected)) = msg.split_once(", expected ") {
+                format!("invalid value at `{at}`: expected {}", strip_pos(expected))
+            } else {
+                format!("invalid value at `{at}`")
+            };
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", what)
+        }
+    }
+}
+
+/// Drop serde_json's " at line L column C" suffix and any quoted caller text.
+fn strip_pos(s: &str) -> String {
+    let s = s.split(" at line ").next().unwrap_or(s);
+    // Expected-lists name our own fields; keep only safe characters.
+    s.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '`' | ',' | ' ' | '-')).collect()
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let limit = state.config.max_body_bytes;
+        let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if mime != "application/json" && !(mime.starts_with("application/") && mime.ends_with("+json")) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with `Content-Type: application/json`",
+            ));
+        }
+        if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            && len > limit
+        {
+            return Err(too_large(limit));
+        }
+        let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| too_large(limit))?;
+        let bytes = zeroize::Zeroizing::new(bytes.to_vec());
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| describe(&e))?;
+        de.end().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", "trailing characters after the JSON body"))?;
+        Ok(JsonBody(value))
+    }
+}
+
+/// The caller, authenticated from `Authorization: Bearer <api key>`.
+#[derive(Debug)]
+pub struct Authed(pub Caller);
+
+impl FromRequestParts<AppState> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let meta = parts.extensions.get::<RequestMeta>().cloned().unwrap_or_default();
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim);
+        let caller = state.vault.authenticate(presented, meta).await?;
+        Ok(Authed(caller))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Card {
+        number: String,
+        exp_month: u32,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        card: Card,
+    }
+
+    fn err(json: &str) -> ApiError {
+        let de = &mut serde_json::Deserializer::from_str(json);
+        describe(&serde_path_to_error::deserialize::<_, Body>(de).unwrap_err())
+    }
+
+    #[test]
+    fn messages_never_echo_values() {
+        let cases = [
+            r#"{"card":{"number":"4111111111111111","exp_month":"4111111111111111"}}"#,
+            r#"{"card":{"number":"4111111111111111","exp_month":1,"4111111111111111":1}}"#,
+            r#"{"card":{"number":"4111111111111111","exp_month":1},"cvc-123":1}"#,
+            r#"{"card":{"number":4111111111111111,"exp_month":1}}"#,
+            r#"{"card":{"number":"4111111111111111","exp_month":"987"}}"#,
+        ];
+        for c in cases {
+            let e = err(c);
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{c}");
+            assert!(!e.message.contains("4111"), "{}", e.message);
+            assert!(!e.message.contains("987") && !e.message.contains("123"), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn messages_name_the_field() {
+        assert_eq!(err(r#"{"card":{"number":"x"}}"#).message, "missing field `exp_month` in `card`");
+        let e = err(r#"{"card":{"number":"x","exp_month":"7"}}"#);
+        assert!(e.message.starts_with("invalid value at `card.exp_month`"), "{}", e.message);
+        let e = err(r#"{"card":{"number":"x","exp_month":7,"colour":1}}"#);
+        assert!(e.message.starts_with("unknown field at `card"), "{}", e.message);
+        assert_eq!(err("{\"card\":").code, "malformed_json");
+    }
+}

@@ -1,0 +1,5 @@
+//! HTTP handlers, one module per API area.
+
+pub mod api_keys;
+pub mod health;
+pub mod tokens;
