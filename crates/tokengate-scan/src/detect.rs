@@ -33,6 +33,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::OnceLock;
 
 use tokengate_core::Brand;
 use tokengate_core::brand;
@@ -396,10 +397,14 @@ impl Detector {
         if !(self.min_len..=MAX_PAN_LEN).contains(&len) {
             return Verdict::NotCard;
         }
+        // Cheapest rejections first: 4-digit prefix, then Luhn (9 in 10).
+        if !prefix_may_have_brand(digits) || !luhn::is_valid(digits) {
+            return Verdict::NotCard;
+        }
         let Some(brand) = brand::detect(digits) else {
             return Verdict::NotCard;
         };
-        if !brand.lengths().contains(&len) || !luhn::is_valid(digits) {
+        if !brand.lengths().contains(&len) {
             return Verdict::NotCard;
         }
         let test_card = testcards::is_test_card(digits);
@@ -431,6 +436,39 @@ impl Detector {
         }
         self.masks[total].iter().any(|&m| m != 0 && mask & !m == 0)
     }
+}
+
+/// For each 4-digit prefix, whether some number starting with it has a brand
+/// in `tokengate_core::brand` (exact for IIN ranges up to 6 digits wide).
+fn brand_prefixes() -> &'static [bool; 10_000] {
+    static TABLE: OnceLock<Box<[bool; 10_000]>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = Box::new([false; 10_000]);
+        let mut num = *b"0000000000000000";
+        for (p4, slot) in t.iter_mut().enumerate() {
+            let p4 = p4 as u32;
+            for (k, d) in [p4 / 1000, p4 / 100 % 10, p4 / 10 % 10, p4 % 10]
+                .into_iter()
+                .enumerate()
+            {
+                num[k] = b'0' + d as u8;
+            }
+            *slot = (0..100u32).any(|x| {
+                num[4] = b'0' + (x / 10) as u8;
+                num[5] = b'0' + (x % 10) as u8;
+                brand::detect(&num).is_some()
+            });
+        }
+        t
+    })
+}
+
+#[inline]
+fn prefix_may_have_brand(digits: &[u8]) -> bool {
+    let p4 = digits[..4].iter().fold(0usize, |acc, &b| {
+        acc * 10 + usize::from(b.wrapping_sub(b'0') % 10)
+    });
+    brand_prefixes()[p4]
 }
 
 fn bin6_last4(digits: &[u8]) -> ([u8; 6], [u8; 4]) {
@@ -510,7 +548,15 @@ impl Matches<'_, '_> {
                 self.pos = hay.len();
                 return false;
             }
-            if !in_cluster(hay, probe) {
+            // A number covering `probe` spans at least `min_len` (≥ 12)
+            // digit-or-separator bytes, so it covers the 6 bytes before the
+            // probe or the 6 bytes after it. Two lookups per side reject most
+            // short numbers (dates, times, ids) without expanding them.
+            let class = |i: usize| hay.get(i).is_some_and(|&b| CLASS[usize::from(b)] != 0);
+            let plausible = in_cluster(hay, probe)
+                && ((probe >= 6 && class(probe - 6) && class(probe - 3))
+                    || (class(probe + 3) && class(probe + 6)));
+            if !plausible {
                 self.pos = probe + 1;
                 continue;
             }
@@ -722,6 +768,23 @@ mod tests {
             masked("2026-01-02 4539 5787 6362 1486"),
             ["453957******1486"]
         );
+    }
+
+    #[test]
+    fn prefix_table_agrees_with_core() {
+        for p in [
+            "4", "51", "2221", "2720", "34", "6011", "622126", "3528", "300", "62", "6759", "2200",
+            "81",
+        ] {
+            let mut n = p.as_bytes().to_vec();
+            n.resize(16, b'0');
+            assert!(prefix_may_have_brand(&n), "{p}");
+        }
+        for p in ["1", "0", "7", "9", "2000", "5600"] {
+            let mut n = p.as_bytes().to_vec();
+            n.resize(16, b'0');
+            assert!(!prefix_may_have_brand(&n), "{p}");
+        }
     }
 
     #[test]

@@ -24,12 +24,17 @@ pub struct Located {
     pub column: u64,
 }
 
-/// Incremental scanner: feed bytes with [`push`](Self::push), then call
-/// [`finish`](Self::finish). Used for files, archive members and followed logs.
+/// Incremental scanner: feed bytes with [`push`](Self::push) (or let it
+/// read with [`read_from`](Self::read_from)), then call
+/// [`finish`](Self::finish). Used for files, archive members and followed
+/// logs.
 #[derive(Debug)]
 pub struct StreamScanner<'d> {
     det: &'d Detector,
+    /// Invariant: `buf[..filled]` holds unscanned bytes (the carried tail of
+    /// the previous block, then new data); `buf[filled..]` is spare room.
     buf: Vec<u8>,
+    filled: usize,
     /// Stream offset of `buf[0]`.
     base: u64,
     /// Lines are counted up to this stream offset.
@@ -38,7 +43,7 @@ pub struct StreamScanner<'d> {
     line: u64,
     /// Stream offset of the first byte of the line holding `counted_to`.
     line_start: u64,
-    /// Total bytes pushed.
+    /// Total bytes taken in.
     pushed: u64,
 }
 
@@ -47,6 +52,7 @@ impl<'d> StreamScanner<'d> {
         StreamScanner {
             det,
             buf: Vec::new(),
+            filled: 0,
             base: 0,
             counted_to: 0,
             line: 1,
@@ -55,21 +61,56 @@ impl<'d> StreamScanner<'d> {
         }
     }
 
-    /// Bytes pushed so far.
+    /// Bytes taken in so far.
     pub fn bytes(&self) -> u64 {
         self.pushed
     }
 
+    fn reserve(&mut self, n: usize) {
+        if self.buf.len() < self.filled + n {
+            self.buf.resize(self.filled + n, 0);
+        }
+    }
+
     /// Adds bytes; reports the findings that are complete.
     pub fn push(&mut self, data: &[u8], out: &mut impl FnMut(Located)) {
+        self.reserve(data.len());
+        self.buf[self.filled..self.filled + data.len()].copy_from_slice(data);
+        self.filled += data.len();
         self.pushed += data.len() as u64;
-        self.buf.extend_from_slice(data);
-        let Some(cut) = cut_point(&self.buf) else {
+        self.process(out);
+    }
+
+    /// Reads one block from `reader` straight into the buffer and scans what
+    /// is complete. Returns the bytes read (0 at end of stream).
+    pub fn read_from(
+        &mut self,
+        reader: &mut impl Read,
+        out: &mut impl FnMut(Located),
+    ) -> io::Result<usize> {
+        self.reserve(BLOCK);
+        let n = loop {
+            match reader.read(&mut self.buf[self.filled..self.filled + BLOCK]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        self.filled += n;
+        self.pushed += n as u64;
+        if n > 0 {
+            self.process(out);
+        }
+        Ok(n)
+    }
+
+    fn process(&mut self, out: &mut impl FnMut(Located)) {
+        let Some(cut) = cut_point(&self.buf[..self.filled]) else {
             // One cluster fills the whole buffer; keep reading unless it is
             // too long to be anything but noise.
-            if self.buf.len() > 4 * BLOCK {
-                self.scan(self.buf.len(), out);
-                self.consume(self.buf.len());
+            if self.filled > 4 * BLOCK {
+                self.scan(self.filled, out);
+                self.consume(self.filled);
             }
             return;
         };
@@ -79,61 +120,69 @@ impl<'d> StreamScanner<'d> {
 
     /// Scans what is left at end of stream.
     pub fn finish(&mut self, out: &mut impl FnMut(Located)) {
-        let n = self.buf.len();
+        let n = self.filled;
         self.scan(n, out);
         self.consume(n);
     }
 
     fn scan(&mut self, limit: usize, out: &mut impl FnMut(Located)) {
         let buf = std::mem::take(&mut self.buf);
-        for f in self.det.find_before(&buf, limit) {
+        for f in self.det.find_before(&buf[..self.filled], limit) {
             let offset = self.base + f.start as u64;
-            let (line, column) = self.position(&buf, offset);
+            self.count_lines_to(&buf, offset);
             out(Located {
                 finding: f,
                 offset,
-                line,
-                column,
+                line: self.line,
+                column: offset - self.line_start + 1,
             });
         }
         self.buf = buf;
     }
 
-    /// Line and column of a stream offset inside the current buffer.
-    fn position(&mut self, buf: &[u8], offset: u64) -> (u64, u64) {
-        let from = usize::try_from(self.counted_to.saturating_sub(self.base)).unwrap_or(0);
-        let to = usize::try_from(offset - self.base).unwrap_or(0);
-        if to > from {
-            let span = &buf[from..to];
-            let n = span.iter().filter(|&&b| b == b'\n').count() as u64;
-            if n > 0 {
-                self.line += n;
-                let last = span.iter().rposition(|&b| b == b'\n').unwrap_or(0);
-                self.line_start = self.base + (from + last + 1) as u64;
-            }
-            self.counted_to = offset;
+    /// Advances line accounting to stream offset `to` (inside `buf`).
+    fn count_lines_to(&mut self, buf: &[u8], to: u64) {
+        if to <= self.counted_to {
+            return;
         }
-        (self.line, offset - self.line_start + 1)
+        let from = usize::try_from(self.counted_to - self.base).unwrap_or(0);
+        let end = usize::try_from(to - self.base).unwrap_or(0);
+        let span = &buf[from..end];
+        let n = count_newlines(span);
+        if n > 0 {
+            self.line += n;
+            let last = span.iter().rposition(|&b| b == b'\n').unwrap_or(0);
+            self.line_start = self.base + (from + last + 1) as u64;
+        }
+        self.counted_to = to;
     }
 
+    /// Drops `buf[..n]` (scanned), keeping line accounting.
     fn consume(&mut self, n: usize) {
-        // Keep line accounting for the bytes we drop.
-        if self.counted_to < self.base + n as u64 {
-            let from = usize::try_from(self.counted_to - self.base).unwrap_or(0);
-            let span = &self.buf[from..n];
-            // Counting only matters if a later finding asks; do it now
-            // because the bytes go away. Cheap, autovectorised.
-            let cnt = span.iter().filter(|&&b| b == b'\n').count() as u64;
-            if cnt > 0 {
-                self.line += cnt;
-                let last = span.iter().rposition(|&b| b == b'\n').unwrap_or(0);
-                self.line_start = self.base + (from + last + 1) as u64;
-            }
-            self.counted_to = self.base + n as u64;
-        }
-        self.buf.drain(..n);
+        let buf = std::mem::take(&mut self.buf);
+        self.count_lines_to(&buf, self.base + n as u64);
+        self.buf = buf;
+        self.buf.copy_within(n..self.filled, 0);
+        self.filled -= n;
         self.base += n as u64;
     }
+}
+
+/// Newlines in `s`, eight bytes at a time.
+fn count_newlines(s: &[u8]) -> u64 {
+    const LO7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    const NL: u64 = 0x0a0a_0a0a_0a0a_0a0a;
+    let mut chunks = s.chunks_exact(8);
+    let mut n = 0u64;
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let v = u64::from_le_bytes(w) ^ NL;
+        // High bit set exactly in the zero bytes of v.
+        let t = !(((v & LO7) + LO7) | v | LO7);
+        n += u64::from(t.count_ones());
+    }
+    n + chunks.remainder().iter().filter(|&&b| b == b'\n').count() as u64
 }
 
 /// Where to cut a buffer whose end may continue: the index of the last byte
@@ -156,16 +205,7 @@ pub fn scan_reader(
     out: &mut impl FnMut(Located),
 ) -> io::Result<u64> {
     let mut s = StreamScanner::new(det);
-    let mut block = vec![0u8; BLOCK];
-    loop {
-        let n = match reader.read(&mut block) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        s.push(&block[..n], out);
-    }
+    while s.read_from(&mut reader, out)? > 0 {}
     s.finish(out);
     Ok(s.bytes())
 }
@@ -182,6 +222,15 @@ mod tests {
             buf[..n].copy_from_slice(&self.0[..n]);
             self.0 = &self.0[n..];
             Ok(n)
+        }
+    }
+
+    #[test]
+    fn newline_count() {
+        let s = b"a\nbb\n\n\xff\x8a\x0a0123456789\n\n";
+        for i in 0..s.len() {
+            let want = s[i..].iter().filter(|&&b| b == b'\n').count() as u64;
+            assert_eq!(count_newlines(&s[i..]), want);
         }
     }
 
