@@ -197,7 +197,8 @@ fn sentence(rng: &mut Rng, s: &mut String, words: usize) {
         if i > 0 {
             s.push(' ');
         }
-        s.push_str(*rng.pick(WORDS));
+        let w: &&str = rng.pick(WORDS);
+        s.push_str(w);
     }
 }
 
