@@ -77,7 +77,9 @@ fn suspicious_digits(run: &Run) -> Option<Vec<bool>> {
             if len > MAX_DIGITS {
                 break;
             }
-            if len >= MIN_DIGITS && luhn::is_valid(&run.digits[s..e]) {
+            // No card number starts with 0 (and a leading 0 never changes
+            // the Luhn sum, so it would only widen the mask).
+            if len >= MIN_DIGITS && run.digits[s] != b'0' && luhn::is_valid(&run.digits[s..e]) {
                 let m = mask.get_or_insert_with(|| vec![false; n]);
                 m[s..e].iter_mut().for_each(|x| *x = true);
             }

@@ -99,9 +99,17 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         }
         let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| too_large(limit))?;
         let bytes = zeroize::Zeroizing::new(bytes.to_vec());
+        // First pass: is it JSON at all? (Separates malformed_json from a
+        // well-formed body with the wrong shape, whatever serde reports.)
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("request body is not valid JSON (line {}, column {})", e.line(), e.column()),
+            ));
+        }
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut de).map_err(|e| describe(&e))?;
-        de.end().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", "trailing characters after the JSON body"))?;
         Ok(JsonBody(value))
     }
 }

@@ -62,6 +62,7 @@ impl From<StoreError> for VaultError {
                 tracing::error!(%detail, "audit write failed: refusing the operation");
                 VaultError::AuditUnavailable
             }
+            StoreError::Corrupt(detail) => VaultError::Internal(format!("stored data is corrupt: {detail}")),
             other => {
                 tracing::error!(error = %other, "store error");
                 VaultError::StoreUnavailable
