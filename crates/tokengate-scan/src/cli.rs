@@ -217,6 +217,13 @@ pub fn run_cli(args: ScanArgs) -> i32 {
     run(&args, &mut out, &mut err)
 }
 
+/// [`run_cli`] as a process exit code (for `fn main() -> ExitCode`).
+///
+/// Call it outside any async runtime: `--database` starts its own.
+pub fn run_cli_exit(args: ScanArgs) -> std::process::ExitCode {
+    std::process::ExitCode::from(u8::try_from(run_cli(args)).unwrap_or(2))
+}
+
 /// Runs `tokengate scan` writing findings to `out` and diagnostics to `err`.
 pub fn run(args: &ScanArgs, out: &mut (dyn Write + Send), err: &mut (dyn Write + Send)) -> i32 {
     let scanner = match build_scanner(args) {

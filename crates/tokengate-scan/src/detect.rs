@@ -630,7 +630,9 @@ impl Matches<'_, '_> {
         let start = self.groups[i].0;
         let end = self.groups[j].1;
         let kind = track_kind(self.hay, start, end);
-        if kind != Kind::Track2 && in_long_hex_token(self.hay, start, end) {
+        if kind != Kind::Track2
+            && (in_long_hex_token(self.hay, start, end) || in_uuid(self.hay, start, end))
+        {
             // Part of a hash or trace id: the whole token is consumed.
             return Some((None, j + 1));
         }
@@ -695,6 +697,29 @@ fn in_long_hex_token(hay: &[u8], start: usize, end: usize) -> bool {
         .take_while(|b| b.is_ascii_hexdigit())
         .count();
     (before > 0 || after > 0) && before + (end - start) + after >= LONG_HEX_TOKEN
+}
+
+/// True when `hay[start..end]` lies inside a UUID (`8-4-4-4-12` hex digits):
+/// its dash-separated groups can be all digits and look like 4-4-4-4.
+fn in_uuid(hay: &[u8], start: usize, end: usize) -> bool {
+    let is_tok = |b: &u8| b.is_ascii_hexdigit() || *b == b'-';
+    let from = start - hay[..start].iter().rev().take_while(|b| is_tok(b)).count();
+    let to = end + hay[end..].iter().take_while(|b| is_tok(b)).count();
+    let tok = &hay[from..to];
+    // The token may run into neighbouring text; look for a UUID shape that
+    // covers the number.
+    (0..tok.len().saturating_sub(35)).any(|i| {
+        let u = &tok[i..i + 36];
+        let covers = from + i <= start && end <= from + i + 36;
+        covers
+            && u.iter().enumerate().all(|(k, b)| {
+                if matches!(k, 8 | 13 | 18 | 23) {
+                    *b == b'-'
+                } else {
+                    b.is_ascii_hexdigit()
+                }
+            })
+    })
 }
 
 /// Classifies the context of a number at `hay[start..end]` as track data.
@@ -818,6 +843,8 @@ mod tests {
     #[test]
     fn hex_tokens_are_not_cards() {
         assert!(masked("trace=ab4539578763621486cdef0123").is_empty());
+        assert!(masked("id=123a4539-5787-6362-1486-b12c3d4e5f60").is_empty());
+        assert!(masked("id=4539578a-4539-5787-6362-148612345678").is_empty());
         assert_eq!(masked("q=%3D4539578763621486%26"), ["453957******1486"]);
         assert_eq!(masked("cardB4539578763621486x"), ["453957******1486"]);
     }

@@ -40,7 +40,7 @@ mod testcards;
 pub mod watch;
 
 #[cfg(feature = "cli")]
-pub use cli::{ScanArgs, run, run_cli};
+pub use cli::{ScanArgs, run, run_cli, run_cli_exit};
 pub use detect::{AllowList, Detector, DetectorConfig, Finding, Kind, Matches};
 pub use scan::{Outcome, Report, ScanError, ScanOptions, Scanner};
 pub use stream::{Located, StreamScanner, scan_reader};
