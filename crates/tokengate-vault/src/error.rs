@@ -31,6 +31,10 @@ pub enum VaultError {
     KeyRetired,
     #[error("internal error")]
     Internal(String),
+    /// The vault cannot open: missing or unreadable key, database, data dir.
+    /// Only at start-up; the message tells the operator what to fix.
+    #[error("{0}")]
+    Setup(String),
 }
 
 impl VaultError {
@@ -47,6 +51,7 @@ impl VaultError {
             VaultError::TokenCollision => "token_collision",
             VaultError::KeyRetired => "key_version_retired",
             VaultError::Internal(_) => "internal_error",
+            VaultError::Setup(_) => "setup_error",
         }
     }
 

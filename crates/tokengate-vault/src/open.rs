@@ -115,7 +115,7 @@ impl Vault {
     /// Open an initialised data directory. Must run inside a tokio runtime.
     pub async fn open(config: VaultConfig) -> Result<Vault, VaultError> {
         let dir = DataDir(config.data_dir.clone());
-        let root = FileRootKey::open(&dir.root_key()).map_err(|e| VaultError::Internal(e.to_string()))?;
+        let root = FileRootKey::open(&dir.root_key()).map_err(|e| VaultError::Setup(e.to_string()))?;
         Self::open_with_root(config, &root).await
     }
 
@@ -123,15 +123,15 @@ impl Vault {
     pub async fn open_with_root(config: VaultConfig, root: &dyn RootKeyProvider) -> Result<Vault, VaultError> {
         let dir = DataDir(config.data_dir.clone());
         let url = dir.store_url(config.database_url.as_deref());
-        let store = Store::connect(&url).await.map_err(|e| VaultError::Internal(e.to_string()))?;
+        let store = Store::connect(&url).await.map_err(|e| VaultError::Setup(e.to_string()))?;
         let rows = store.keys().await?;
         if rows.is_empty() {
-            return Err(VaultError::Internal("the database holds no keys: run `tokengate init` first".into()));
+            return Err(VaultError::Setup("the database holds no keys: run `tokengate init` first".into()));
         }
         let wrapped = key_rows_to_wrapped(&rows)?;
         let ring = Arc::new(
             KeyRing::load(root, &wrapped, &HashMap::new())
-                .map_err(|e| VaultError::Internal(format!("cannot unwrap the key ring with this root key: {e}")))?,
+                .map_err(|e| VaultError::Setup(format!("cannot unwrap the key ring with this root key: {e}")))?,
         );
         let tenant = store.meta("default_tenant").await?.unwrap_or_else(|| "default".to_owned());
         let committer =

@@ -1,0 +1,160 @@
+//! The `tokengate` binary: init, serve, audit verify (with tampering), exit codes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::*;
+use serde_json::{Value, json};
+
+#[test]
+fn init_creates_and_refuses_to_overwrite() {
+    let dir = test_dir("cli-init-").join("data");
+    let out = bin().args(["init", "--json", "--data-dir"]).arg(&dir).output().unwrap();
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for field in ["admin_api_key", "admin_api_key_id", "root_key_file", "database", "tls_certificate", "audit_public_key"] {
+        assert!(v[field].is_string(), "missing {field}");
+    }
+    assert!(v["admin_api_key"].as_str().unwrap().starts_with("tg_"));
+    let mode = |p: &str| std::fs::metadata(dir.join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("root.key"), 0o600);
+    assert_eq!(mode("tls/key.pem"), 0o600);
+    assert_eq!(mode("tokengate.db"), 0o600);
+    assert_eq!(mode(""), 0o700);
+    let root_before = std::fs::read(dir.join("root.key")).unwrap();
+    let again = bin().args(["init", "--data-dir"]).arg(&dir).output().unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("refusing"));
+    assert_eq!(std::fs::read(dir.join("root.key")).unwrap(), root_before, "keys never overwritten");
+}
+
+#[test]
+fn serve_refuses_a_readable_root_key_and_bad_config() {
+    let dir = test_dir("cli-perm-").join("data");
+    init(&dir);
+    std::fs::set_permissions(dir.join("root.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = bin().args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&dir).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let out = bin().args(["serve", "--data-dir"]).arg(&dir).env("TOKENGATE_CVC_TTL_SECS", "99999").output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cvc_ttl_secs"));
+}
+
+#[test]
+fn serve_dev_initialises_and_prints_the_admin_key() {
+    let dir = test_dir("cli-dev-").join("data");
+    let mut child = bin()
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut saw_key = false;
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.trim_start().starts_with("tg_") {
+            saw_key = true;
+        }
+        if line.starts_with("tokengate listening on https://127.0.0.1:") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(saw_key);
+    assert!(dir.join("root.key").exists());
+}
+
+fn sqlite(db: &std::path::Path, sql: &str) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = tokengate_store_for_tests(db).await;
+        store.execute_raw_for_tests(sql).await.unwrap();
+        store.close().await;
+    });
+}
+
+async fn tokengate_store_for_tests(db: &std::path::Path) -> tokengate_store::Store {
+    tokengate_store::Store::open_sqlite(db).await.unwrap()
+}
+
+fn verify(dir: &std::path::Path) -> (i32, Value) {
+    let out = bin().args(["audit", "verify", "--json", "--data-dir"]).arg(dir).output().unwrap();
+    (out.status.code().unwrap(), serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+}
+
+/// Populate a data dir with some audit records through a real server.
+fn populated() -> std::path::PathBuf {
+    let base = test_dir("cli-audit-");
+    let dir = base.join("data");
+    let admin = init(&dir);
+    let mut server = Server::start(&dir, &base.join("server.log"), &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = client();
+        let k = new_key(&c, &server.base, &admin, &["tokenize", "reveal"]).await;
+        for i in 0..5 {
+            let r = c
+                .post(format!("{}/v1/tokens", server.base))
+                .bearer_auth(&k)
+                .json(&json!({"card": {"number": pan_from(i), "exp_month": 1, "exp_year": 2031}}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+        }
+    });
+    server.terminate();
+    dir
+}
+
+#[test]
+fn audit_verify_catches_edit_delete_reorder_truncate() {
+    let dir = populated();
+    let db = dir.join("tokengate.db");
+    let (code, v) = verify(&dir);
+    assert_eq!(code, 0, "{v}");
+    assert!(v["records"].as_u64().unwrap() >= 8);
+
+    // Edit one record's content.
+    let d = populated();
+    sqlite(&d.join("tokengate.db"), "UPDATE audit_events SET event_json = REPLACE(event_json, 'success', 'failure') WHERE seq = 4");
+    let (code, v) = verify(&d);
+    assert_eq!((code, v["first_bad_record"].as_u64()), (1, Some(4)), "{v}");
+
+    // Delete one in the middle.
+    let d = populated();
+    sqlite(&d.join("tokengate.db"), "DELETE FROM audit_events WHERE seq = 5");
+    let (code, v) = verify(&d);
+    assert_eq!((code, v["first_bad_record"].as_u64()), (1, Some(6)), "{v}");
+
+    // Reorder two records (swap their sequence numbers).
+    let d = populated();
+    sqlite(
+        &d.join("tokengate.db"),
+        "UPDATE audit_events SET seq = -1 WHERE seq = 3; UPDATE audit_events SET seq = 3 WHERE seq = 4; UPDATE audit_events SET seq = 4 WHERE seq = -1",
+    );
+    let (code, v) = verify(&d);
+    assert_eq!((code, v["first_bad_record"].as_u64()), (1, Some(3)), "{v}");
+
+    // Cut the newest record off the end.
+    sqlite(&db, "DELETE FROM audit_events WHERE seq = (SELECT MAX(seq) FROM audit_events)");
+    let (code, v) = verify(&dir);
+    assert_eq!(code, 1, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("cut off the end"), "{v}");
+}
+
+#[test]
+fn openapi_document_in_docs_is_current() {
+    let out = bin().arg("openapi").output().unwrap();
+    assert!(out.status.success());
+    let generated = String::from_utf8(out.stdout).unwrap();
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json")).unwrap();
+    assert_eq!(generated.trim(), committed.trim(), "docs/openapi.json is stale: run `cargo run -- openapi > docs/openapi.json`");
+}

@@ -1,0 +1,147 @@
+//! Helpers for tests that drive the real `tokengate` binary.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tokengate"));
+    c.env_remove("DATABASE_URL").env_remove("PORT").env_remove("TOKENGATE_DATA_DIR");
+    c
+}
+
+/// A fresh directory; kept under `TOKENGATE_TEST_ARTIFACTS` when set.
+pub fn test_dir(prefix: &str) -> PathBuf {
+    match std::env::var("TOKENGATE_TEST_ARTIFACTS") {
+        Ok(base) => {
+            std::fs::create_dir_all(&base).unwrap();
+            tempfile::Builder::new().prefix(prefix).tempdir_in(base).unwrap().keep()
+        }
+        Err(_) => tempfile::Builder::new().prefix(prefix).tempdir().unwrap().keep(),
+    }
+}
+
+/// `tokengate init --json` → admin key.
+pub fn init(data_dir: &Path) -> String {
+    let out = bin().args(["init", "--json", "--data-dir"]).arg(data_dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["admin_api_key"].as_str().unwrap().to_owned()
+}
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Server {
+    /// Start `tokengate serve` on a free port; stderr goes to `log`.
+    pub fn start(data_dir: &Path, log: &Path, envs: &[(&str, &str)]) -> Server {
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let mut cmd = bin();
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file));
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            let line = lines.next().expect("server exited before listening").unwrap();
+            if let Some(addr) = line.strip_prefix("tokengate listening on ") {
+                break addr.trim().to_owned();
+            }
+        };
+        // Keep draining stdout so the server never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, base }
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap(); // SIGKILL on Unix
+        self.child.wait().unwrap();
+    }
+
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        for _ in 0..100 {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill9();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().danger_accept_invalid_certs(true).pool_max_idle_per_host(64).build().unwrap()
+}
+
+pub async fn new_key(c: &reqwest::Client, base: &str, admin: &str, roles: &[&str]) -> String {
+    let v: Value = c
+        .post(format!("{base}/v1/api-keys"))
+        .bearer_auth(admin)
+        .json(&json!({"name": "test", "roles": roles}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["key"].as_str().unwrap().to_owned()
+}
+
+/// A Luhn-valid 16-digit Visa-range number built from `n`.
+pub fn pan_from(n: u64) -> String {
+    let body = format!("4{:014}", n % 100_000_000_000_000);
+    let digits: Vec<u32> = body.chars().map(|c| c.to_digit(10).unwrap()).collect();
+    for check in 0..10 {
+        let mut all = digits.clone();
+        all.push(check);
+        if tokengate_core::luhn::is_valid(all.iter().map(|d| b'0' + *d as u8).collect::<Vec<_>>().as_slice()) {
+            return format!("{body}{check}");
+        }
+    }
+    unreachable!()
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() { stack.push(p) } else { out.push(p) }
+        }
+    }
+    out
+}
+
+/// Panic if any file under `dir` contains any of `needles` (raw bytes).
+pub fn assert_absent(dir: &Path, needles: &[String]) {
+    let files = files_under(dir);
+    assert!(!files.is_empty());
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        for n in needles {
+            let found = bytes.windows(n.len()).any(|w| w == n.as_bytes());
+            assert!(!found, "card number ending {} found in {}", &n[n.len() - 4..], f.display());
+        }
+    }
+}
