@@ -102,3 +102,13 @@ fn no_card_number_reaches_logs_or_files() {
     assert!(std::fs::read_dir(&dir).unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with("-wal")));
     assert_absent(&base, &needles);
 }
+
+/// The search above must be able to fail: plant a card number and see it caught.
+#[test]
+fn the_leak_search_finds_a_planted_card_number() {
+    let dir = test_dir("panleak-control-");
+    std::fs::write(dir.join("planted.log"), b"\x00\x01 binary page ... 4000056655665556 ...").unwrap();
+    let caught = std::panic::catch_unwind(|| assert_absent(&dir, &["4000056655665556".to_owned()]));
+    assert!(caught.is_err(), "a planted card number was not found");
+    std::fs::remove_file(dir.join("planted.log")).unwrap();
+}
