@@ -49,5 +49,10 @@ pub fn link(prev_seq: u64, prev_hash: ChainHash, event: &AuditEvent) -> StoredEv
     let seq = prev_seq + 1;
     let event_json = encode(event);
     let hash = chain_hash(seq, &prev_hash, event_json.as_bytes());
-    StoredEvent { seq, event_json, prev_hash, hash }
+    StoredEvent {
+        seq,
+        event_json,
+        prev_hash,
+        hash,
+    }
 }

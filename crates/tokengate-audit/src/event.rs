@@ -21,7 +21,12 @@ impl SafeText {
             end -= 1;
         }
         // Control characters would let a caller forge lines in text exports.
-        SafeText(red[..end].chars().map(|c| if c.is_control() { '?' } else { c }).collect())
+        SafeText(
+            red[..end]
+                .chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect(),
+        )
     }
 
     pub fn as_str(&self) -> &str {
@@ -49,7 +54,8 @@ impl Ident {
     pub fn new(s: &str) -> Option<Ident> {
         let ok = !s.is_empty()
             && s.len() <= Self::MAX
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
             && !contains_pan_like(s);
         ok.then(|| Ident(s.to_owned()))
     }
@@ -190,15 +196,26 @@ mod tests {
         assert!(Ident::new("a b").is_none());
         assert!(Ident::new("").is_none());
         assert!(Ident::new("tok_abc").is_some());
-        assert!(Ident::new("4111111111111112").is_some(), "a bin6_last4 token is not a PAN");
+        assert!(
+            Ident::new("4111111111111112").is_some(),
+            "a bin6_last4 token is not a PAN"
+        );
     }
 
     #[test]
     fn json_round_trip() {
-        let mut e = AuditEvent::new(1, Action::TokenReveal, Outcome::failure("token_not_found"), Ident::from_static("key_1"));
+        let mut e = AuditEvent::new(
+            1,
+            Action::TokenReveal,
+            Outcome::failure("token_not_found"),
+            Ident::from_static("key_1"),
+        );
         e.client_ip = Some("127.0.0.1".parse().unwrap());
         let j = serde_json::to_string(&e).unwrap();
-        assert!(j.contains(r#""outcome":"failure","reason":"token_not_found""#), "{j}");
+        assert!(
+            j.contains(r#""outcome":"failure","reason":"token_not_found""#),
+            "{j}"
+        );
         let back: AuditEvent = serde_json::from_str(&j).unwrap();
         assert_eq!(back, e);
     }

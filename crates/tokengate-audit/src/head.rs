@@ -26,7 +26,11 @@ impl SignedHead {
 
     pub fn sign(key: &Ed25519KeyPair, seq: u64, hash: ChainHash) -> SignedHead {
         let signature = key.sign(&Self::message(seq, &hash)).as_ref().to_vec();
-        SignedHead { seq, hash, signature }
+        SignedHead {
+            seq,
+            hash,
+            signature,
+        }
     }
 
     /// True when the signature is valid for `public_key` (32 raw bytes).

@@ -19,4 +19,4 @@ pub mod verify;
 pub use chain::{ChainHash, GENESIS, StoredEvent, chain_hash};
 pub use event::{Action, AuditEvent, Ident, Outcome, SafeText};
 pub use head::SignedHead;
-pub use verify::{VerifyError, VerifyReport, Verifier};
+pub use verify::{Verifier, VerifyError, VerifyReport};

@@ -12,13 +12,17 @@ use crate::head::SignedHead;
 pub enum VerifyError {
     #[error("record {seq}: expected sequence number {expected}; records were deleted or reordered")]
     Sequence { seq: u64, expected: u64 },
-    #[error("record {seq}: its link to the previous record is broken; a record before it was changed, deleted or reordered")]
+    #[error(
+        "record {seq}: its link to the previous record is broken; a record before it was changed, deleted or reordered"
+    )]
     BrokenLink { seq: u64 },
     #[error("record {seq}: content does not match its hash; the record was edited")]
     Edited { seq: u64 },
     #[error("record {seq}: not a valid audit event")]
     Unparseable { seq: u64 },
-    #[error("the signed head names record {head_seq} but the trail ends at {last_seq}; records were cut off the end")]
+    #[error(
+        "the signed head names record {head_seq} but the trail ends at {last_seq}; records were cut off the end"
+    )]
     Truncated { head_seq: u64, last_seq: u64 },
     #[error("the signed head does not match record {seq}; the trail was rewritten")]
     HeadMismatch { seq: u64 },
@@ -61,14 +65,21 @@ pub struct Verifier {
 
 impl Default for Verifier {
     fn default() -> Self {
-        Verifier { expected: 1, prev: GENESIS, count: 0 }
+        Verifier {
+            expected: 1,
+            prev: GENESIS,
+            count: 0,
+        }
     }
 }
 
 impl Verifier {
     pub fn push(&mut self, rec: &StoredEvent) -> Result<(), VerifyError> {
         if rec.seq != self.expected {
-            return Err(VerifyError::Sequence { seq: rec.seq, expected: self.expected });
+            return Err(VerifyError::Sequence {
+                seq: rec.seq,
+                expected: self.expected,
+            });
         }
         if rec.prev_hash != self.prev {
             return Err(VerifyError::BrokenLink { seq: rec.seq });
@@ -86,7 +97,11 @@ impl Verifier {
     }
 
     /// Check the end of the trail against the signed head.
-    pub fn finish(self, head: Option<&SignedHead>, public_key: &[u8]) -> Result<VerifyReport, VerifyError> {
+    pub fn finish(
+        self,
+        head: Option<&SignedHead>,
+        public_key: &[u8],
+    ) -> Result<VerifyReport, VerifyError> {
         let last_seq = self.expected - 1;
         match head {
             None if self.count > 0 => return Err(VerifyError::MissingHead),
@@ -96,7 +111,10 @@ impl Verifier {
                     return Err(VerifyError::BadHeadSignature);
                 }
                 if h.seq > last_seq {
-                    return Err(VerifyError::Truncated { head_seq: h.seq, last_seq });
+                    return Err(VerifyError::Truncated {
+                        head_seq: h.seq,
+                        last_seq,
+                    });
                 }
                 // Records after the head are allowed (written after it was
                 // signed in the same crash window is impossible: the head is
@@ -107,7 +125,11 @@ impl Verifier {
                 }
             }
         }
-        Ok(VerifyReport { records: self.count, last_seq, head_hash: HEXLOWER.encode(&self.prev) })
+        Ok(VerifyReport {
+            records: self.count,
+            last_seq,
+            head_hash: HEXLOWER.encode(&self.prev),
+        })
     }
 }
 
@@ -123,7 +145,12 @@ mod tests {
         let mut recs = Vec::new();
         let (mut seq, mut prev) = (0, GENESIS);
         for i in 0..n {
-            let e = AuditEvent::new(i as i64, Action::TokenCreate, Outcome::Success, Ident::from_static("key_a"));
+            let e = AuditEvent::new(
+                i as i64,
+                Action::TokenCreate,
+                Outcome::Success,
+                Ident::from_static("key_a"),
+            );
             let r = link(seq, prev, &e);
             seq = r.seq;
             prev = r.hash;
@@ -133,7 +160,11 @@ mod tests {
         (recs, head, crate::head::public_key(&key))
     }
 
-    fn run(recs: &[StoredEvent], head: &SignedHead, pk: &[u8]) -> Result<VerifyReport, VerifyError> {
+    fn run(
+        recs: &[StoredEvent],
+        head: &SignedHead,
+        pk: &[u8],
+    ) -> Result<VerifyReport, VerifyError> {
         let mut v = Verifier::default();
         for r in recs {
             v.push(r)?;
@@ -152,26 +183,50 @@ mod tests {
         let (recs, head, pk) = trail(5);
         let mut edited = recs.clone();
         edited[2].event_json = edited[2].event_json.replace("key_a", "key_b");
-        assert_eq!(run(&edited, &head, &pk), Err(VerifyError::Edited { seq: 3 }));
+        assert_eq!(
+            run(&edited, &head, &pk),
+            Err(VerifyError::Edited { seq: 3 })
+        );
 
         let mut deleted = recs.clone();
         deleted.remove(1);
-        assert_eq!(run(&deleted, &head, &pk), Err(VerifyError::Sequence { seq: 3, expected: 2 }));
+        assert_eq!(
+            run(&deleted, &head, &pk),
+            Err(VerifyError::Sequence {
+                seq: 3,
+                expected: 2
+            })
+        );
 
         let mut reordered = recs.clone();
         reordered.swap(1, 2);
-        assert!(matches!(run(&reordered, &head, &pk), Err(VerifyError::Sequence { .. })));
+        assert!(matches!(
+            run(&reordered, &head, &pk),
+            Err(VerifyError::Sequence { .. })
+        ));
         // Reordered and renumbered: the links break.
         let (a, b) = (reordered[1].seq, reordered[2].seq);
         reordered[1].seq = b;
         reordered[2].seq = a;
-        assert_eq!(run(&reordered, &head, &pk), Err(VerifyError::BrokenLink { seq: 2 }));
+        assert_eq!(
+            run(&reordered, &head, &pk),
+            Err(VerifyError::BrokenLink { seq: 2 })
+        );
 
         let truncated = &recs[..4];
-        assert_eq!(run(truncated, &head, &pk), Err(VerifyError::Truncated { head_seq: 5, last_seq: 4 }));
+        assert_eq!(
+            run(truncated, &head, &pk),
+            Err(VerifyError::Truncated {
+                head_seq: 5,
+                last_seq: 4
+            })
+        );
 
         let mut forged = head.clone();
         forged.seq = 4;
-        assert_eq!(run(truncated, &forged, &pk), Err(VerifyError::BadHeadSignature));
+        assert_eq!(
+            run(truncated, &forged, &pk),
+            Err(VerifyError::BadHeadSignature)
+        );
     }
 }

@@ -85,7 +85,12 @@ struct Range {
 }
 
 const fn r(width: u32, lo: u32, hi: u32, brand: Brand) -> Range {
-    Range { width, lo, hi, brand }
+    Range {
+        width,
+        lo,
+        hi,
+        brand,
+    }
 }
 
 /// Most specific first.
@@ -129,10 +134,12 @@ pub fn detect(digits: &[u8]) -> Option<Brand> {
         if digits.len() < width {
             return None;
         }
-        let prefix = digits[..width]
-            .iter()
-            .fold(0u32, |acc, &b| acc * 10 + u32::from(b.wrapping_sub(b'0') % 10));
-        (range.lo..=range.hi).contains(&prefix).then_some(range.brand)
+        let prefix = digits[..width].iter().fold(0u32, |acc, &b| {
+            acc * 10 + u32::from(b.wrapping_sub(b'0') % 10)
+        });
+        (range.lo..=range.hi)
+            .contains(&prefix)
+            .then_some(range.brand)
     })
 }
 

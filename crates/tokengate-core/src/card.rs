@@ -71,14 +71,20 @@ impl Expiry {
             _ => return Err(CardError::InvalidExpiry),
         };
         let year = u16::try_from(year).map_err(|_| CardError::InvalidExpiry)?;
-        let exp = YearMonth { year, month: month as u8 };
+        let exp = YearMonth {
+            year,
+            month: month as u8,
+        };
         if exp < now {
             return Err(CardError::Expired);
         }
         if year > now.year.saturating_add(Self::MAX_YEARS_AHEAD) {
             return Err(CardError::InvalidExpiry);
         }
-        Ok(Expiry { month: month as u8, year })
+        Ok(Expiry {
+            month: month as u8,
+            year,
+        })
     }
 
     /// Rebuild a stored expiry without the "not expired" check.
@@ -110,7 +116,9 @@ impl Cvc {
         if s.len() != want || !s.bytes().all(|b| b.is_ascii_digit()) {
             return Err(CardError::InvalidCvc);
         }
-        Ok(Cvc { digits: Zeroizing::new(s.to_owned()) })
+        Ok(Cvc {
+            digits: Zeroizing::new(s.to_owned()),
+        })
     }
 
     /// Rebuild a CVC decrypted from the store (length already checked on write).
@@ -136,11 +144,17 @@ impl fmt::Debug for Cvc {
 mod tests {
     use super::*;
 
-    const NOW: YearMonth = YearMonth { year: 2026, month: 11 };
+    const NOW: YearMonth = YearMonth {
+        year: 2026,
+        month: 11,
+    };
 
     #[test]
     fn expiry_rules() {
-        assert!(Expiry::new(11, 2026, NOW).is_ok(), "valid through end of month");
+        assert!(
+            Expiry::new(11, 2026, NOW).is_ok(),
+            "valid through end of month"
+        );
         assert_eq!(Expiry::new(10, 2026, NOW), Err(CardError::Expired));
         assert_eq!(Expiry::new(13, 2027, NOW), Err(CardError::InvalidExpiry));
         assert_eq!(Expiry::new(0, 2027, NOW), Err(CardError::InvalidExpiry));
@@ -152,9 +166,18 @@ mod tests {
     #[test]
     fn cvc_rules() {
         assert!(Cvc::parse("123", Brand::Visa).is_ok());
-        assert_eq!(Cvc::parse("1234", Brand::Visa).err(), Some(CardError::InvalidCvc));
+        assert_eq!(
+            Cvc::parse("1234", Brand::Visa).err(),
+            Some(CardError::InvalidCvc)
+        );
         assert!(Cvc::parse("1234", Brand::Amex).is_ok());
-        assert_eq!(Cvc::parse("12a", Brand::Visa).err(), Some(CardError::InvalidCvc));
-        assert_eq!(format!("{:?}", Cvc::parse("987", Brand::Visa).unwrap()), "Cvc([REDACTED])");
+        assert_eq!(
+            Cvc::parse("12a", Brand::Visa).err(),
+            Some(CardError::InvalidCvc)
+        );
+        assert_eq!(
+            format!("{:?}", Cvc::parse("987", Brand::Visa).unwrap()),
+            "Cvc([REDACTED])"
+        );
     }
 }

@@ -122,7 +122,12 @@ mod tests {
 
     #[test]
     fn accepts_grouped_input() {
-        for s in ["4111111111111111", "4111 1111 1111 1111", "4111-1111-1111-1111", " 378282246310005 "] {
+        for s in [
+            "4111111111111111",
+            "4111 1111 1111 1111",
+            "4111-1111-1111-1111",
+            " 378282246310005 ",
+        ] {
             assert!(Pan::parse(s).is_ok(), "{s}");
         }
     }
@@ -131,13 +136,28 @@ mod tests {
     fn rejects_with_the_right_error() {
         assert_eq!(Pan::parse("4111111111111112"), Err(CardError::InvalidLuhn));
         assert_eq!(Pan::parse("41111111"), Err(CardError::InvalidLength));
-        assert_eq!(Pan::parse("41111111111111111111"), Err(CardError::InvalidLength));
+        assert_eq!(
+            Pan::parse("41111111111111111111"),
+            Err(CardError::InvalidLength)
+        );
         // Amex with 16 digits
-        assert_eq!(Pan::parse("3782822463100051"), Err(CardError::InvalidLength));
+        assert_eq!(
+            Pan::parse("3782822463100051"),
+            Err(CardError::InvalidLength)
+        );
         assert_eq!(Pan::parse("1234567812345670"), Err(CardError::UnknownBrand));
-        assert_eq!(Pan::parse("4111x111111111111"), Err(CardError::InvalidNumberFormat));
-        assert_eq!(Pan::parse("4111  1111 1111 1111"), Err(CardError::InvalidNumberFormat));
-        assert_eq!(Pan::parse("-4111111111111111"), Err(CardError::InvalidNumberFormat));
+        assert_eq!(
+            Pan::parse("4111x111111111111"),
+            Err(CardError::InvalidNumberFormat)
+        );
+        assert_eq!(
+            Pan::parse("4111  1111 1111 1111"),
+            Err(CardError::InvalidNumberFormat)
+        );
+        assert_eq!(
+            Pan::parse("-4111111111111111"),
+            Err(CardError::InvalidNumberFormat)
+        );
         assert_eq!(Pan::parse(""), Err(CardError::InvalidLength));
     }
 

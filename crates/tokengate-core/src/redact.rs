@@ -42,7 +42,10 @@ fn runs(text: &str) -> impl Iterator<Item = Run> + '_ {
                     digits.push(b);
                     i += 1;
                     end = i;
-                } else if (b == b' ' || b == b'-') && i + 1 < bytes.len() && bytes[i + 1].is_ascii_digit() {
+                } else if (b == b' ' || b == b'-')
+                    && i + 1 < bytes.len()
+                    && bytes[i + 1].is_ascii_digit()
+                {
                     group_starts.push(digits.len());
                     i += 1;
                 } else {
@@ -51,7 +54,12 @@ fn runs(text: &str) -> impl Iterator<Item = Run> + '_ {
             }
             i = end.max(i);
             if digits.len() >= MIN_DIGITS {
-                return Some(Run { start, end, digits, group_starts });
+                return Some(Run {
+                    start,
+                    end,
+                    digits,
+                    group_starts,
+                });
             }
         }
         None
@@ -100,7 +108,9 @@ pub fn redact_pans(text: &str) -> Cow<'_, str> {
     let mut out: Option<String> = None;
     let mut copied = 0;
     for run in runs(text) {
-        let Some(mut mask) = suspicious_digits(&run) else { continue };
+        let Some(mut mask) = suspicious_digits(&run) else {
+            continue;
+        };
         // Keep the last four digits of each masked stretch visible.
         let mut i = mask.len();
         while i > 0 {
@@ -147,10 +157,19 @@ mod tests {
 
     #[test]
     fn masks_card_numbers_in_any_grouping() {
-        assert_eq!(redact_pans("pan=4111111111111111;"), "pan=************1111;");
-        assert_eq!(redact_pans("4111 1111 1111 1111 x"), "**** **** **** 1111 x");
+        assert_eq!(
+            redact_pans("pan=4111111111111111;"),
+            "pan=************1111;"
+        );
+        assert_eq!(
+            redact_pans("4111 1111 1111 1111 x"),
+            "**** **** **** 1111 x"
+        );
         assert_eq!(redact_pans("a 3782-822463-10005"), "a ****-******-*0005");
-        assert_eq!(redact_pans("unknown field `5555555555554444`"), "unknown field `************4444`");
+        assert_eq!(
+            redact_pans("unknown field `5555555555554444`"),
+            "unknown field `************4444`"
+        );
     }
 
     #[test]
@@ -163,9 +182,18 @@ mod tests {
 
     #[test]
     fn finds_pans_next_to_other_numbers() {
-        assert_eq!(redact_pans("curl/8 4111111111111111"), "curl/8 ************1111");
-        assert_eq!(redact_pans("4111111111111111 2026"), "************1111 2026");
-        assert_eq!(redact_pans("1 4111 1111 1111 1111 99"), "1 **** **** **** 1111 99");
+        assert_eq!(
+            redact_pans("curl/8 4111111111111111"),
+            "curl/8 ************1111"
+        );
+        assert_eq!(
+            redact_pans("4111111111111111 2026"),
+            "************1111 2026"
+        );
+        assert_eq!(
+            redact_pans("1 4111 1111 1111 1111 99"),
+            "1 **** **** **** 1111 99"
+        );
     }
 
     #[test]

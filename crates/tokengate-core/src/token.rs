@@ -112,7 +112,11 @@ impl Token {
     }
 
     pub fn format(&self) -> TokenFormat {
-        if self.0.starts_with(OPAQUE_PREFIX) { TokenFormat::Opaque } else { TokenFormat::Bin6Last4 }
+        if self.0.starts_with(OPAQUE_PREFIX) {
+            TokenFormat::Opaque
+        } else {
+            TokenFormat::Bin6Last4
+        }
     }
 
     pub fn as_str(&self) -> &str {

@@ -11,8 +11,12 @@ fn bench(c: &mut Criterion) {
     let root = FileRootKey::create(&dir.path().join("root.key")).expect("root");
     let keys = KeyRing::generate_initial(&root, 0).expect("keys");
     let ring = KeyRing::load(&root, &keys, &HashMap::new()).expect("ring");
-    let payload = br#"{"number":"4539578763621486","exp_month":12,"exp_year":2030,"name":"A CARDHOLDER"}"#;
-    let aad = RecordAad { tenant: "default", token: "tok_abcdefghijklmnopqrstuvwxyz234567" };
+    let payload =
+        br#"{"number":"4539578763621486","exp_month":12,"exp_year":2030,"name":"A CARDHOLDER"}"#;
+    let aad = RecordAad {
+        tenant: "default",
+        token: "tok_abcdefghijklmnopqrstuvwxyz234567",
+    };
 
     c.bench_function("fingerprint_hmac_sha256", |b| {
         b.iter(|| ring.fingerprint(1, black_box("default"), black_box("4539578763621486")))
@@ -26,7 +30,9 @@ fn bench(c: &mut Criterion) {
         })
     });
     let env = Envelope::seal(&ring, aad, payload).expect("seal");
-    c.bench_function("reveal_crypto_path", |b| b.iter(|| env.open(&ring, black_box(aad))));
+    c.bench_function("reveal_crypto_path", |b| {
+        b.iter(|| env.open(&ring, black_box(aad)))
+    });
 }
 
 criterion_group!(benches, bench);

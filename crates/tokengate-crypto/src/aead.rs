@@ -32,7 +32,11 @@ impl AeadKey {
         let _ = head;
         let tag = self
             .0
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce_bytes), Aad::from(aad), body)
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce_bytes),
+                Aad::from(aad),
+                body,
+            )
             .map_err(|_| CryptoError::Library)?;
         out.extend_from_slice(tag.as_ref());
         Ok(out)
@@ -66,7 +70,10 @@ mod tests {
         let k = AeadKey::new(&[7u8; 32]).unwrap();
         let sealed = k.seal(b"aad", b"secret").unwrap();
         assert_eq!(k.open(b"aad", &sealed).unwrap(), b"secret");
-        assert!(matches!(k.open(b"other", &sealed), Err(CryptoError::Decrypt)));
+        assert!(matches!(
+            k.open(b"other", &sealed),
+            Err(CryptoError::Decrypt)
+        ));
         for i in 0..sealed.len() {
             let mut t = sealed.clone();
             t[i] ^= 1;
@@ -74,7 +81,10 @@ mod tests {
         }
         let other = AeadKey::new(&[8u8; 32]).unwrap();
         assert!(other.open(b"aad", &sealed).is_err());
-        assert!(matches!(k.open(b"aad", &sealed[..10]), Err(CryptoError::Malformed)));
+        assert!(matches!(
+            k.open(b"aad", &sealed[..10]),
+            Err(CryptoError::Malformed)
+        ));
     }
 
     #[test]

@@ -9,10 +9,10 @@
 //! Deleting the wrapped DEK makes the ciphertext unrecoverable
 //! (crypto-shredding).
 
+use crate::CryptoError;
 use crate::aead::AeadKey;
 use crate::keyring::{KeyPurpose, KeyRing};
 use crate::secret::{Key256, SecretBytes};
-use crate::CryptoError;
 
 /// What a record's ciphertext is bound to.
 #[derive(Clone, Copy, Debug)]
@@ -44,18 +44,30 @@ pub struct Envelope {
 
 impl Envelope {
     /// Seal `plaintext` for the record named by `aad`, under the active data KEK.
-    pub fn seal(ring: &KeyRing, aad: RecordAad<'_>, plaintext: &[u8]) -> Result<Envelope, CryptoError> {
+    pub fn seal(
+        ring: &KeyRing,
+        aad: RecordAad<'_>,
+        plaintext: &[u8],
+    ) -> Result<Envelope, CryptoError> {
         let version = ring.active_version(KeyPurpose::Data)?;
         let kek = ring.aead(KeyPurpose::Data, version)?;
         let dek = Key256::generate()?;
-        let ciphertext = AeadKey::new(dek.expose())?.seal(&aad.bytes("tokengate/record/v1", 0), plaintext)?;
+        let ciphertext =
+            AeadKey::new(dek.expose())?.seal(&aad.bytes("tokengate/record/v1", 0), plaintext)?;
         let wrapped_dek = kek.seal(&aad.bytes("tokengate/dek/v1", version), dek.expose())?;
-        Ok(Envelope { kek_version: version, wrapped_dek, ciphertext })
+        Ok(Envelope {
+            kek_version: version,
+            wrapped_dek,
+            ciphertext,
+        })
     }
 
     fn unwrap_dek(&self, ring: &KeyRing, aad: RecordAad<'_>) -> Result<Key256, CryptoError> {
         let kek = ring.aead(KeyPurpose::Data, self.kek_version)?;
-        let raw = SecretBytes::new(kek.open(&aad.bytes("tokengate/dek/v1", self.kek_version), &self.wrapped_dek)?);
+        let raw = SecretBytes::new(kek.open(
+            &aad.bytes("tokengate/dek/v1", self.kek_version),
+            &self.wrapped_dek,
+        )?);
         Key256::try_from_slice(raw.expose()).ok_or(CryptoError::Malformed)
     }
 
@@ -72,21 +84,40 @@ impl Envelope {
     pub fn rewrap(&self, ring: &KeyRing, aad: RecordAad<'_>) -> Result<Envelope, CryptoError> {
         let dek = self.unwrap_dek(ring, aad)?;
         let version = ring.active_version(KeyPurpose::Data)?;
-        let wrapped_dek = ring.aead(KeyPurpose::Data, version)?.seal(&aad.bytes("tokengate/dek/v1", version), dek.expose())?;
-        Ok(Envelope { kek_version: version, wrapped_dek, ciphertext: self.ciphertext.clone() })
+        let wrapped_dek = ring
+            .aead(KeyPurpose::Data, version)?
+            .seal(&aad.bytes("tokengate/dek/v1", version), dek.expose())?;
+        Ok(Envelope {
+            kek_version: version,
+            wrapped_dek,
+            ciphertext: self.ciphertext.clone(),
+        })
     }
 }
 
 /// Seal a CVC under the active `cvc` key. Returns (key version, ciphertext).
-pub fn seal_cvc(ring: &KeyRing, aad: RecordAad<'_>, cvc: &str) -> Result<(u32, Vec<u8>), CryptoError> {
+pub fn seal_cvc(
+    ring: &KeyRing,
+    aad: RecordAad<'_>,
+    cvc: &str,
+) -> Result<(u32, Vec<u8>), CryptoError> {
     let version = ring.active_version(KeyPurpose::Cvc)?;
-    let ct = ring.aead(KeyPurpose::Cvc, version)?.seal(&aad.bytes("tokengate/cvc/v1", version), cvc.as_bytes())?;
+    let ct = ring
+        .aead(KeyPurpose::Cvc, version)?
+        .seal(&aad.bytes("tokengate/cvc/v1", version), cvc.as_bytes())?;
     Ok((version, ct))
 }
 
 /// Open a CVC sealed by [`seal_cvc`].
-pub fn open_cvc(ring: &KeyRing, aad: RecordAad<'_>, version: u32, ct: &[u8]) -> Result<SecretBytes, CryptoError> {
-    ring.aead(KeyPurpose::Cvc, version)?.open(&aad.bytes("tokengate/cvc/v1", version), ct).map(SecretBytes::new)
+pub fn open_cvc(
+    ring: &KeyRing,
+    aad: RecordAad<'_>,
+    version: u32,
+    ct: &[u8],
+) -> Result<SecretBytes, CryptoError> {
+    ring.aead(KeyPurpose::Cvc, version)?
+        .open(&aad.bytes("tokengate/cvc/v1", version), ct)
+        .map(SecretBytes::new)
 }
 
 #[cfg(test)]
@@ -105,7 +136,10 @@ mod tests {
     #[test]
     fn round_trip() {
         let (_d, ring) = ring();
-        let aad = RecordAad { tenant: "t", token: "tok_a" };
+        let aad = RecordAad {
+            tenant: "t",
+            token: "tok_a",
+        };
         let env = Envelope::seal(&ring, aad, b"card").unwrap();
         assert_eq!(env.open(&ring, aad).unwrap().expose(), b"card");
     }
@@ -113,28 +147,64 @@ mod tests {
     #[test]
     fn moved_ciphertext_fails() {
         let (_d, ring) = ring();
-        let a = RecordAad { tenant: "t", token: "tok_a" };
-        let b = RecordAad { tenant: "t", token: "tok_b" };
+        let a = RecordAad {
+            tenant: "t",
+            token: "tok_a",
+        };
+        let b = RecordAad {
+            tenant: "t",
+            token: "tok_b",
+        };
         let env_a = Envelope::seal(&ring, a, b"card-a").unwrap();
         let env_b = Envelope::seal(&ring, b, b"card-b").unwrap();
         // Whole envelope moved to another token.
         assert!(matches!(env_a.open(&ring, b), Err(CryptoError::Decrypt)));
         // Only the ciphertext swapped.
-        let mixed = Envelope { ciphertext: env_a.ciphertext.clone(), ..env_b.clone() };
+        let mixed = Envelope {
+            ciphertext: env_a.ciphertext.clone(),
+            ..env_b.clone()
+        };
         assert!(mixed.open(&ring, b).is_err());
         // Another tenant.
-        assert!(env_a.open(&ring, RecordAad { tenant: "u", token: "tok_a" }).is_err());
+        assert!(
+            env_a
+                .open(
+                    &ring,
+                    RecordAad {
+                        tenant: "u",
+                        token: "tok_a"
+                    }
+                )
+                .is_err()
+        );
         // Version relabelled.
-        let relabelled = Envelope { kek_version: 2, ..env_a.clone() };
+        let relabelled = Envelope {
+            kek_version: 2,
+            ..env_a.clone()
+        };
         assert!(relabelled.open(&ring, a).is_err());
     }
 
     #[test]
     fn cvc_bound_to_token() {
         let (_d, ring) = ring();
-        let a = RecordAad { tenant: "t", token: "tok_a" };
+        let a = RecordAad {
+            tenant: "t",
+            token: "tok_a",
+        };
         let (v, ct) = seal_cvc(&ring, a, "123").unwrap();
         assert_eq!(open_cvc(&ring, a, v, &ct).unwrap().expose(), b"123");
-        assert!(open_cvc(&ring, RecordAad { tenant: "t", token: "tok_b" }, v, &ct).is_err());
+        assert!(
+            open_cvc(
+                &ring,
+                RecordAad {
+                    tenant: "t",
+                    token: "tok_b"
+                },
+                v,
+                &ct
+            )
+            .is_err()
+        );
     }
 }

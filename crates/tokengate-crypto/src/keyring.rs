@@ -11,10 +11,10 @@ use std::collections::{BTreeMap, HashMap};
 use aws_lc_rs::hmac;
 use aws_lc_rs::signature::Ed25519KeyPair;
 
+use crate::CryptoError;
 use crate::aead::AeadKey;
 use crate::root::RootKeyProvider;
 use crate::secret::Key256;
-use crate::CryptoError;
 
 /// What a key is for. Each purpose has its own versions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -59,7 +59,10 @@ impl KeyPurpose {
     }
 
     fn is_hmac(self) -> bool {
-        matches!(self, KeyPurpose::Fingerprint | KeyPurpose::ApiKey | KeyPurpose::Audit)
+        matches!(
+            self,
+            KeyPurpose::Fingerprint | KeyPurpose::ApiKey | KeyPurpose::Audit
+        )
     }
 }
 
@@ -83,9 +86,14 @@ impl KeyState {
     }
 
     pub fn from_name(s: &str) -> Option<KeyState> {
-        [KeyState::Active, KeyState::DecryptOnly, KeyState::Retired, KeyState::Destroyed]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            KeyState::Active,
+            KeyState::DecryptOnly,
+            KeyState::Retired,
+            KeyState::Destroyed,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }
 
@@ -139,8 +147,14 @@ impl std::fmt::Debug for KeyRing {
 
 impl KeyRing {
     /// Generate version 1 of every purpose, wrapped by `root`, for `init`.
-    pub fn generate_initial(root: &dyn RootKeyProvider, now: i64) -> Result<Vec<WrappedKey>, CryptoError> {
-        KeyPurpose::ALL.into_iter().map(|p| Self::generate_version(root, p, 1, now)).collect()
+    pub fn generate_initial(
+        root: &dyn RootKeyProvider,
+        now: i64,
+    ) -> Result<Vec<WrappedKey>, CryptoError> {
+        KeyPurpose::ALL
+            .into_iter()
+            .map(|p| Self::generate_version(root, p, 1, now))
+            .collect()
     }
 
     /// Generate one new key version, wrapped by `root`.
@@ -152,7 +166,13 @@ impl KeyRing {
     ) -> Result<WrappedKey, CryptoError> {
         let key = Key256::generate()?;
         let wrapped = root.wrap(&kek_aad(purpose, version), key.expose())?;
-        Ok(WrappedKey { purpose, version, state: KeyState::Active, created_at: now, wrapped })
+        Ok(WrappedKey {
+            purpose,
+            version,
+            state: KeyState::Active,
+            created_at: now,
+            wrapped,
+        })
     }
 
     /// Unwrap every stored version with `root`. Destroyed versions are skipped.
@@ -170,12 +190,21 @@ impl KeyRing {
             }
             let raw = root.unwrap(&kek_aad(w.purpose, w.version), &w.wrapped)?;
             let key = Key256::try_from_slice(raw.expose()).ok_or(CryptoError::Malformed)?;
-            let mut entry = Entry { state: w.state, aead: None, hmac: None, ed25519: None };
+            let mut entry = Entry {
+                state: w.state,
+                aead: None,
+                hmac: None,
+                ed25519: None,
+            };
             match w.purpose {
-                p if p.is_hmac() => entry.hmac = Some(hmac::Key::new(hmac::HMAC_SHA256, key.expose())),
+                p if p.is_hmac() => {
+                    entry.hmac = Some(hmac::Key::new(hmac::HMAC_SHA256, key.expose()))
+                }
                 KeyPurpose::AuditSigning => {
-                    entry.ed25519 =
-                        Some(Ed25519KeyPair::from_seed_unchecked(key.expose()).map_err(|_| CryptoError::Library)?)
+                    entry.ed25519 = Some(
+                        Ed25519KeyPair::from_seed_unchecked(key.expose())
+                            .map_err(|_| CryptoError::Library)?,
+                    )
                 }
                 _ => entry.aead = Some(AeadKey::new(key.expose())?),
             }
@@ -192,14 +221,24 @@ impl KeyRing {
 
     /// The version new writes of `purpose` use.
     pub fn active_version(&self, purpose: KeyPurpose) -> Result<u32, CryptoError> {
-        self.purposes.get(&purpose).and_then(|p| p.active).ok_or(CryptoError::NoActiveKey(purpose.as_str()))
+        self.purposes
+            .get(&purpose)
+            .and_then(|p| p.active)
+            .ok_or(CryptoError::NoActiveKey(purpose.as_str()))
     }
 
     /// Every usable version of `purpose`, newest first.
     pub fn versions(&self, purpose: KeyPurpose) -> Vec<u32> {
         self.purposes
             .get(&purpose)
-            .map(|p| p.versions.keys().rev().copied().filter(|v| *v >= p.min_decrypt).collect())
+            .map(|p| {
+                p.versions
+                    .keys()
+                    .rev()
+                    .copied()
+                    .filter(|v| *v >= p.min_decrypt)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -207,16 +246,28 @@ impl KeyRing {
         let pk = self
             .purposes
             .get(&purpose)
-            .ok_or(CryptoError::UnknownKeyVersion { purpose: purpose.as_str(), version })?;
+            .ok_or(CryptoError::UnknownKeyVersion {
+                purpose: purpose.as_str(),
+                version,
+            })?;
         if version < pk.min_decrypt {
-            return Err(CryptoError::KeyVersionRetired { purpose: purpose.as_str(), version });
+            return Err(CryptoError::KeyVersionRetired {
+                purpose: purpose.as_str(),
+                version,
+            });
         }
         let e = pk
             .versions
             .get(&version)
-            .ok_or(CryptoError::UnknownKeyVersion { purpose: purpose.as_str(), version })?;
+            .ok_or(CryptoError::UnknownKeyVersion {
+                purpose: purpose.as_str(),
+                version,
+            })?;
         if matches!(e.state, KeyState::Retired | KeyState::Destroyed) {
-            return Err(CryptoError::KeyVersionRetired { purpose: purpose.as_str(), version });
+            return Err(CryptoError::KeyVersionRetired {
+                purpose: purpose.as_str(),
+                version,
+            });
         }
         Ok(e)
     }
@@ -224,18 +275,33 @@ impl KeyRing {
     /// The active audit-signing key pair.
     pub fn audit_signer(&self) -> Result<&Ed25519KeyPair, CryptoError> {
         let v = self.active_version(KeyPurpose::AuditSigning)?;
-        self.entry(KeyPurpose::AuditSigning, v)?.ed25519.as_ref().ok_or(CryptoError::Library)
+        self.entry(KeyPurpose::AuditSigning, v)?
+            .ed25519
+            .as_ref()
+            .ok_or(CryptoError::Library)
     }
 
     /// The AEAD key for `purpose` (data or cvc) at `version`.
     pub fn aead(&self, purpose: KeyPurpose, version: u32) -> Result<&AeadKey, CryptoError> {
-        self.entry(purpose, version)?.aead.as_ref().ok_or(CryptoError::Library)
+        self.entry(purpose, version)?
+            .aead
+            .as_ref()
+            .ok_or(CryptoError::Library)
     }
 
     /// HMAC-SHA256 of `parts` (length-prefixed, so part boundaries are bound)
     /// under `purpose`'s key at `version`.
-    pub fn hmac(&self, purpose: KeyPurpose, version: u32, parts: &[&[u8]]) -> Result<[u8; 32], CryptoError> {
-        let key = self.entry(purpose, version)?.hmac.as_ref().ok_or(CryptoError::Library)?;
+    pub fn hmac(
+        &self,
+        purpose: KeyPurpose,
+        version: u32,
+        parts: &[&[u8]],
+    ) -> Result<[u8; 32], CryptoError> {
+        let key = self
+            .entry(purpose, version)?
+            .hmac
+            .as_ref()
+            .ok_or(CryptoError::Library)?;
         let mut ctx = hmac::Context::with_key(key);
         for p in parts {
             ctx.update(&(p.len() as u64).to_be_bytes());
@@ -248,8 +314,17 @@ impl KeyRing {
     }
 
     /// Keyed PAN fingerprint for `tenant` under the fingerprint key `version`.
-    pub fn fingerprint(&self, version: u32, tenant: &str, pan_digits: &str) -> Result<[u8; 32], CryptoError> {
-        self.hmac(KeyPurpose::Fingerprint, version, &[b"pan-fingerprint", tenant.as_bytes(), pan_digits.as_bytes()])
+    pub fn fingerprint(
+        &self,
+        version: u32,
+        tenant: &str,
+        pan_digits: &str,
+    ) -> Result<[u8; 32], CryptoError> {
+        self.hmac(
+            KeyPurpose::Fingerprint,
+            version,
+            &[b"pan-fingerprint", tenant.as_bytes(), pan_digits.as_bytes()],
+        )
     }
 }
 
@@ -282,9 +357,20 @@ mod tests {
     fn substituted_kek_is_refused() {
         let (_d, root, mut keys) = ring();
         // Put the cvc key's wrapped bytes in the data key's place.
-        let cvc = keys.iter().find(|k| k.purpose == KeyPurpose::Cvc).unwrap().wrapped.clone();
-        keys.iter_mut().find(|k| k.purpose == KeyPurpose::Data).unwrap().wrapped = cvc;
-        assert!(matches!(KeyRing::load(&root, &keys, &HashMap::new()), Err(CryptoError::Decrypt)));
+        let cvc = keys
+            .iter()
+            .find(|k| k.purpose == KeyPurpose::Cvc)
+            .unwrap()
+            .wrapped
+            .clone();
+        keys.iter_mut()
+            .find(|k| k.purpose == KeyPurpose::Data)
+            .unwrap()
+            .wrapped = cvc;
+        assert!(matches!(
+            KeyRing::load(&root, &keys, &HashMap::new()),
+            Err(CryptoError::Decrypt)
+        ));
     }
 
     #[test]
@@ -294,7 +380,10 @@ mod tests {
         let min = HashMap::from([(KeyPurpose::Data, 2)]);
         let ring = KeyRing::load(&root, &keys, &min).unwrap();
         assert_eq!(ring.active_version(KeyPurpose::Data).unwrap(), 2);
-        assert!(matches!(ring.aead(KeyPurpose::Data, 1), Err(CryptoError::KeyVersionRetired { .. })));
+        assert!(matches!(
+            ring.aead(KeyPurpose::Data, 1),
+            Err(CryptoError::KeyVersionRetired { .. })
+        ));
         assert!(ring.aead(KeyPurpose::Data, 2).is_ok());
     }
 }

@@ -6,7 +6,9 @@ use crate::CryptoError;
 
 /// Fill `buf` with cryptographically secure random bytes.
 pub fn fill(buf: &mut [u8]) -> Result<(), CryptoError> {
-    SystemRandom::new().fill(buf).map_err(|_| CryptoError::Library)
+    SystemRandom::new()
+        .fill(buf)
+        .map_err(|_| CryptoError::Library)
 }
 
 /// `N` random bytes.

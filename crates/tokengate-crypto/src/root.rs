@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use data_encoding::BASE64;
 use zeroize::Zeroizing;
 
+use crate::CryptoError;
 use crate::aead::AeadKey;
 use crate::secret::{Key256, SecretBytes};
-use crate::CryptoError;
 
 /// Wraps and unwraps key material under a root key the caller never sees.
 pub trait RootKeyProvider: Send + Sync + std::fmt::Debug {
@@ -42,7 +42,10 @@ impl std::fmt::Debug for FileRootKey {
 }
 
 fn file_err(path: &Path, reason: impl Into<String>) -> CryptoError {
-    CryptoError::RootKeyFile { path: path.display().to_string(), reason: reason.into() }
+    CryptoError::RootKeyFile {
+        path: path.display().to_string(),
+        reason: reason.into(),
+    }
 }
 
 impl FileRootKey {
@@ -56,9 +59,12 @@ impl FileRootKey {
             .open(path)
             .map_err(|e| file_err(path, e.to_string()))?;
         let text = Zeroizing::new(format!("{FILE_HEADER}{}\n", BASE64.encode(key.expose())));
-        f.write_all(text.as_bytes()).map_err(|e| file_err(path, e.to_string()))?;
+        f.write_all(text.as_bytes())
+            .map_err(|e| file_err(path, e.to_string()))?;
         f.sync_all().map_err(|e| file_err(path, e.to_string()))?;
-        Ok(FileRootKey { aead: AeadKey::new(key.expose())? })
+        Ok(FileRootKey {
+            aead: AeadKey::new(key.expose())?,
+        })
     }
 
     /// Load the root key from `path`, checking its permissions first.
@@ -68,17 +74,28 @@ impl FileRootKey {
         if mode & 0o077 != 0 {
             return Err(file_err(
                 path,
-                format!("permissions {:o} let group or others read it; run `chmod 600` on it", mode & 0o777),
+                format!(
+                    "permissions {:o} let group or others read it; run `chmod 600` on it",
+                    mode & 0o777
+                ),
             ));
         }
-        let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| file_err(path, e.to_string()))?);
+        let text =
+            Zeroizing::new(fs::read_to_string(path).map_err(|e| file_err(path, e.to_string()))?);
         let b64 = text
             .trim()
             .strip_prefix(FILE_HEADER)
             .ok_or_else(|| file_err(path, "not a tokengate root key file"))?;
-        let raw = Zeroizing::new(BASE64.decode(b64.as_bytes()).map_err(|_| file_err(path, "corrupt key encoding"))?);
-        let key = Key256::try_from_slice(&raw).ok_or_else(|| file_err(path, "key is not 32 bytes"))?;
-        Ok(FileRootKey { aead: AeadKey::new(key.expose())? })
+        let raw = Zeroizing::new(
+            BASE64
+                .decode(b64.as_bytes())
+                .map_err(|_| file_err(path, "corrupt key encoding"))?,
+        );
+        let key =
+            Key256::try_from_slice(&raw).ok_or_else(|| file_err(path, "key is not 32 bytes"))?;
+        Ok(FileRootKey {
+            aead: AeadKey::new(key.expose())?,
+        })
     }
 
     /// The conventional location inside a data directory.
@@ -110,11 +127,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("root.key");
         let created = FileRootKey::create(&path).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let wrapped = created.wrap(b"a", b"k").unwrap();
         let opened = FileRootKey::open(&path).unwrap();
         assert_eq!(opened.unwrap(b"a", &wrapped).unwrap().expose(), b"k");
-        assert!(FileRootKey::create(&path).is_err(), "must never overwrite a key");
+        assert!(
+            FileRootKey::create(&path).is_err(),
+            "must never overwrite a key"
+        );
 
         fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
         let err = FileRootKey::open(&path).unwrap_err().to_string();

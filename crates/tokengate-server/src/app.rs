@@ -66,7 +66,10 @@ async fn request_context(mut req: Request, next: Next) -> Response {
     let meta = RequestMeta {
         request_id: Some(request_id.clone()),
         client_ip: req.extensions().get::<PeerAddr>().map(|p| p.0.ip()),
-        user_agent: req.headers().get(header::USER_AGENT).map(|v| SafeText::new(&String::from_utf8_lossy(v.as_bytes()))),
+        user_agent: req
+            .headers()
+            .get(header::USER_AGENT)
+            .map(|v| SafeText::new(&String::from_utf8_lossy(v.as_bytes()))),
     };
     req.extensions_mut().insert(meta);
     let mut resp = next.run(req).await;
@@ -81,14 +84,23 @@ async fn security_headers(req: Request, next: Next) -> Response {
     let card_route = req.uri().path().starts_with("/v1/");
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
-    h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=63072000; includeSubDomains"));
+    h.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=63072000; includeSubDomains"),
+    );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
     );
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     if card_route {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
@@ -100,7 +112,11 @@ async fn security_headers(req: Request, next: Next) -> Response {
 /// hold the raw path (which could hold a token or a mistyped PAN).
 async fn record_metrics(req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
     let method = req.method().as_str().to_owned();
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
@@ -116,7 +132,12 @@ async fn fallback() -> ApiError {
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error").into_response()
+    ApiError::new(
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "internal error",
+    )
+    .into_response()
 }
 
 async fn method_not_allowed_to_json(req: Request, next: Next) -> Response {
@@ -133,10 +154,19 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokens", post(routes::tokens::create))
         .route("/v1/tokens/batch", post(routes::tokens::batch))
         .route("/v1/tokens/search", post(routes::tokens::search))
-        .route("/v1/tokens/{token}", get(routes::tokens::info).delete(routes::tokens::delete))
+        .route(
+            "/v1/tokens/{token}",
+            get(routes::tokens::info).delete(routes::tokens::delete),
+        )
         .route("/v1/tokens/{token}/reveal", post(routes::tokens::reveal))
-        .route("/v1/api-keys", post(routes::api_keys::create).get(routes::api_keys::list))
-        .route("/v1/api-keys/{id}", axum::routing::delete(routes::api_keys::revoke))
+        .route(
+            "/v1/api-keys",
+            post(routes::api_keys::create).get(routes::api_keys::list),
+        )
+        .route(
+            "/v1/api-keys/{id}",
+            axum::routing::delete(routes::api_keys::revoke),
+        )
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::health::metrics))
@@ -147,6 +177,7 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(method_not_allowed_to_json))
         .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn(request_context))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
 }
-

@@ -85,7 +85,10 @@ pub struct ConfigError {
 }
 
 fn cerr(field: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError { field: field.to_owned(), message: message.into() }
+    ConfigError {
+        field: field.to_owned(),
+        message: message.into(),
+    }
 }
 
 impl Config {
@@ -95,22 +98,36 @@ impl Config {
     pub fn load(file: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigError> {
         let mut cfg = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| cerr(&path.display().to_string(), e.to_string()))?;
-                let de = toml::Deserializer::parse(&text).map_err(|e| cerr(&path.display().to_string(), e.to_string()))?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| cerr(&path.display().to_string(), e.to_string()))?;
+                let de = toml::Deserializer::parse(&text)
+                    .map_err(|e| cerr(&path.display().to_string(), e.to_string()))?;
                 serde_path_to_error::deserialize(de).map_err(|e| {
-                    cerr(&format!("{} `{}`", path.display(), e.path()), e.inner().message().to_owned())
+                    cerr(
+                        &format!("{} `{}`", path.display(), e.path()),
+                        e.inner().message().to_owned(),
+                    )
                 })?
             }
             None => Config::default(),
         };
-        let parse_num = |key: &str, v: String| v.parse::<u64>().map_err(|_| cerr(key, "must be a whole number"));
+        let parse_num = |key: &str, v: String| {
+            v.parse::<u64>()
+                .map_err(|_| cerr(key, "must be a whole number"))
+        };
         if let Some(v) = env.get("TOKENGATE_DATA_DIR") {
             cfg.data_dir = PathBuf::from(v);
         }
         if let Some(v) = env.get("TOKENGATE_LISTEN") {
-            cfg.listen = Some(v.parse().map_err(|_| cerr("TOKENGATE_LISTEN", "must be host:port, e.g. 127.0.0.1:8443"))?);
+            cfg.listen =
+                Some(v.parse().map_err(|_| {
+                    cerr("TOKENGATE_LISTEN", "must be host:port, e.g. 127.0.0.1:8443")
+                })?);
         }
-        if let Some(v) = env.get("DATABASE_URL").or_else(|| env.get("TOKENGATE_DATABASE_URL")) {
+        if let Some(v) = env
+            .get("DATABASE_URL")
+            .or_else(|| env.get("TOKENGATE_DATABASE_URL"))
+        {
             cfg.database_url = Some(v);
         }
         if let Some(v) = env.get("TOKENGATE_MAX_BODY_BYTES") {
@@ -132,7 +149,9 @@ impl Config {
         if cfg.listen.is_none()
             && let Some(port) = env.get("PORT")
         {
-            let port: u16 = port.parse().map_err(|_| cerr("PORT", "must be a port number"))?;
+            let port: u16 = port
+                .parse()
+                .map_err(|_| cerr("PORT", "must be a port number"))?;
             cfg.listen = Some(SocketAddr::from(([0, 0, 0, 0], port)));
         }
         cfg.validate()?;
@@ -144,15 +163,23 @@ impl Config {
             return Err(cerr("max_body_bytes", "must be between 1024 and 67108864"));
         }
         if !(1..=3600).contains(&self.cvc_ttl_secs) {
-            return Err(cerr("cvc_ttl_secs", "must be 1-3600: a CVC may not be held longer than an hour"));
+            return Err(cerr(
+                "cvc_ttl_secs",
+                "must be 1-3600: a CVC may not be held longer than an hour",
+            ));
         }
         if !(1..=3600).contains(&self.cvc_sweep_secs) {
             return Err(cerr("cvc_sweep_secs", "must be 1-3600"));
         }
         if let Some(u) = &self.database_url
-            && !(u.starts_with("postgres://") || u.starts_with("postgresql://") || u.starts_with("sqlite:"))
+            && !(u.starts_with("postgres://")
+                || u.starts_with("postgresql://")
+                || u.starts_with("sqlite:"))
         {
-            return Err(cerr("database_url", "must start with postgres:// or sqlite:"));
+            return Err(cerr(
+                "database_url",
+                "must start with postgres:// or sqlite:",
+            ));
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(cerr("tls_cert/tls_key", "set both or neither"));
@@ -161,7 +188,8 @@ impl Config {
     }
 
     pub fn listen_addr(&self) -> SocketAddr {
-        self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], Self::DEFAULT_PORT)))
+        self.listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], Self::DEFAULT_PORT)))
     }
 
     pub fn cvc_ttl(&self) -> Duration {
@@ -174,15 +202,26 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
     fn port_and_database_url_conventions() {
-        let c = Config::load(None, &env(&[("PORT", "9000"), ("DATABASE_URL", "postgres://x/y")])).unwrap();
+        let c = Config::load(
+            None,
+            &env(&[("PORT", "9000"), ("DATABASE_URL", "postgres://x/y")]),
+        )
+        .unwrap();
         assert_eq!(c.listen_addr().port(), 9000);
         assert_eq!(c.database_url.as_deref(), Some("postgres://x/y"));
-        let c = Config::load(None, &env(&[("PORT", "9000"), ("TOKENGATE_LISTEN", "127.0.0.1:7000")])).unwrap();
+        let c = Config::load(
+            None,
+            &env(&[("PORT", "9000"), ("TOKENGATE_LISTEN", "127.0.0.1:7000")]),
+        )
+        .unwrap();
         assert_eq!(c.listen_addr().port(), 7000);
     }
 

@@ -32,15 +32,27 @@ pub struct ErrorDetail {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn not_found() -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; see /openapi.json")
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such route; see /openapi.json",
+        )
     }
 
     pub fn method_not_allowed() -> ApiError {
-        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not accept that method")
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not accept that method",
+        )
     }
 }
 
@@ -51,7 +63,9 @@ impl From<VaultError> for ApiError {
             VaultError::TokenNotFound | VaultError::ApiKeyNotFound => StatusCode::NOT_FOUND,
             VaultError::Unauthenticated => StatusCode::UNAUTHORIZED,
             VaultError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            VaultError::AuditUnavailable | VaultError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            VaultError::AuditUnavailable | VaultError::StoreUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             VaultError::TokenCollision | VaultError::KeyRetired => StatusCode::CONFLICT,
             VaultError::Internal(detail) => {
                 tracing::error!(detail = %detail, "internal error");
@@ -59,20 +73,31 @@ impl From<VaultError> for ApiError {
             }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiError { status, code: e.code(), message: e.to_string() }
+        ApiError {
+            status,
+            code: e.code(),
+            message: e.to_string(),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let message = tokengate_core::redact_pans(&self.message).into_owned();
-        let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message,
+            },
+        };
         let mut resp = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         resp
     }

@@ -28,15 +28,26 @@ fn safe_path(path: &serde_path_to_error::Path) -> String {
     for seg in path.iter() {
         let s = match seg {
             serde_path_to_error::Segment::Seq { index } => format!("[{index}]"),
-            serde_path_to_error::Segment::Map { key } | serde_path_to_error::Segment::Enum { variant: key } => {
-                let ok = !key.is_empty() && key.len() <= 32 && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
-                if ok { format!(".{key}") } else { ".<key>".to_owned() }
+            serde_path_to_error::Segment::Map { key }
+            | serde_path_to_error::Segment::Enum { variant: key } => {
+                let ok = !key.is_empty()
+                    && key.len() <= 32
+                    && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+                if ok {
+                    format!(".{key}")
+                } else {
+                    ".<key>".to_owned()
+                }
             }
             serde_path_to_error::Segment::Unknown => ".?".to_owned(),
         };
         out.push_str(&s);
     }
-    if out.is_empty() { "body".to_owned() } else { out.trim_start_matches('.').to_owned() }
+    if out.is_empty() {
+        "body".to_owned()
+    } else {
+        out.trim_start_matches('.').to_owned()
+    }
 }
 
 /// Turn a serde error into a message without caller-sent values.
@@ -44,23 +55,38 @@ fn describe(err: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     let inner = err.inner();
     let at = safe_path(err.path());
     match inner.classify() {
-        serde_json::error::Category::Syntax | serde_json::error::Category::Eof | serde_json::error::Category::Io => {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                format!("request body is not valid JSON (line {}, column {})", inner.line(), inner.column()),
-            )
-        }
+        serde_json::error::Category::Syntax
+        | serde_json::error::Category::Eof
+        | serde_json::error::Category::Io => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!(
+                "request body is not valid JSON (line {}, column {})",
+                inner.line(),
+                inner.column()
+            ),
+        ),
         serde_json::error::Category::Data => {
             let msg = inner.to_string();
             // serde's messages: "unknown field `x`, expected one of ..",
             // "missing field `y`", "invalid type: <value>, expected <what>".
             let what = if msg.starts_with("unknown field") {
-                let expected = msg.split_once(", expected").map(|(_, e)| format!("; expected{}", strip_pos(e))).unwrap_or_default();
+                let expected = msg
+                    .split_once(", expected")
+                    .map(|(_, e)| format!("; expected{}", strip_pos(e)))
+                    .unwrap_or_default();
                 format!("unknown field at `{at}`{expected}")
             } else if let Some(rest) = msg.strip_prefix("missing field `") {
-                let field: String = rest.chars().take_while(|c| *c != '`').filter(|c| c.is_ascii_lowercase() || *c == '_').collect();
-                if at == "body" { format!("missing field `{field}`") } else { format!("missing field `{field}` in `{at}`") }
+                let field: String = rest
+                    .chars()
+                    .take_while(|c| *c != '`')
+                    .filter(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                if at == "body" {
+                    format!("missing field `{field}`")
+                } else {
+                    format!("missing field `{field}` in `{at}`")
+                }
             } else if let Some((_, expected)) = msg.split_once(", expected ") {
                 format!("invalid value at `{at}`: expected {}", strip_pos(expected))
             } else {
@@ -75,7 +101,9 @@ fn describe(err: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
 fn strip_pos(s: &str) -> String {
     let s = s.split(" at line ").next().unwrap_or(s);
     // Expected-lists name our own fields; keep only safe characters.
-    s.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '`' | ',' | ' ' | '-')).collect()
+    s.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '`' | ',' | ' ' | '-'))
+        .collect()
 }
 
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
@@ -83,21 +111,37 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let limit = state.config.max_body_bytes;
-        let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        if mime != "application/json" && !(mime.starts_with("application/") && mime.ends_with("+json")) {
+        let ct = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let mime = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if mime != "application/json"
+            && !(mime.starts_with("application/") && mime.ends_with("+json"))
+        {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 "send the body as JSON with `Content-Type: application/json`",
             ));
         }
-        if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        if let Some(len) = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
             && len > limit
         {
             return Err(too_large(limit));
         }
-        let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| too_large(limit))?;
+        let bytes = axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map_err(|_| too_large(limit))?;
         let bytes = zeroize::Zeroizing::new(bytes.to_vec());
         // First pass: is it JSON at all? (Separates malformed_json from a
         // well-formed body with the wrong shape, whatever serde reports.)
@@ -105,7 +149,11 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "malformed_json",
-                format!("request body is not valid JSON (line {}, column {})", e.line(), e.column()),
+                format!(
+                    "request body is not valid JSON (line {}, column {})",
+                    e.line(),
+                    e.column()
+                ),
             ));
         }
         let mut de = serde_json::Deserializer::from_slice(&bytes);
@@ -121,13 +169,23 @@ pub struct Authed(pub Caller);
 impl FromRequestParts<AppState> for Authed {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let meta = parts.extensions.get::<RequestMeta>().cloned().unwrap_or_default();
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let meta = parts
+            .extensions
+            .get::<RequestMeta>()
+            .cloned()
+            .unwrap_or_default();
         let presented = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim);
         let caller = state.vault.authenticate(presented, meta).await?;
         Ok(Authed(caller))
@@ -172,17 +230,32 @@ mod tests {
             let e = err(c);
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{c}");
             assert!(!e.message.contains("4111"), "{}", e.message);
-            assert!(!e.message.contains("987") && !e.message.contains("123"), "{}", e.message);
+            assert!(
+                !e.message.contains("987") && !e.message.contains("123"),
+                "{}",
+                e.message
+            );
         }
     }
 
     #[test]
     fn messages_name_the_field() {
-        assert_eq!(err(r#"{"card":{"number":"x"}}"#).message, "missing field `exp_month` in `card`");
+        assert_eq!(
+            err(r#"{"card":{"number":"x"}}"#).message,
+            "missing field `exp_month` in `card`"
+        );
         let e = err(r#"{"card":{"number":"x","exp_month":"7"}}"#);
-        assert!(e.message.starts_with("invalid value at `card.exp_month`"), "{}", e.message);
+        assert!(
+            e.message.starts_with("invalid value at `card.exp_month`"),
+            "{}",
+            e.message
+        );
         let e = err(r#"{"card":{"number":"x","exp_month":7,"colour":1}}"#);
-        assert!(e.message.starts_with("unknown field at `card"), "{}", e.message);
+        assert!(
+            e.message.starts_with("unknown field at `card"),
+            "{}",
+            e.message
+        );
         assert_eq!(err("{\"card\":").code, "malformed_json");
     }
 }

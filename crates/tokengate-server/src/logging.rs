@@ -20,7 +20,8 @@ pub struct RedactingWriter(io::Stderr);
 impl Write for RedactingWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let text = String::from_utf8_lossy(buf);
-        self.0.write_all(tokengate_core::redact_pans(&text).as_bytes())?;
+        self.0
+            .write_all(tokengate_core::redact_pans(&text).as_bytes())?;
         Ok(buf.len())
     }
 
@@ -38,8 +39,12 @@ impl<'a> MakeWriter<'a> for RedactingStderr {
 
 /// Install the global subscriber. Level from `TOKENGATE_LOG` (default `info`).
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("TOKENGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(RedactingStderr).with_ansi(false);
+    let filter =
+        EnvFilter::try_from_env("TOKENGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(RedactingStderr)
+        .with_ansi(false);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),

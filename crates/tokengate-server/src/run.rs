@@ -38,7 +38,10 @@ pub enum StartError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Open the vault for `config`.
@@ -51,7 +54,12 @@ pub async fn open_vault(config: &Config) -> Result<Arc<Vault>, tokengate_vault::
 
 /// Build the shared state for `vault`.
 pub fn state(vault: Arc<Vault>, config: &Config) -> AppState {
-    AppState { vault, config: Arc::new(config.clone()), metrics: metrics_handle(), ready: Arc::new(AtomicBool::new(true)) }
+    AppState {
+        vault,
+        config: Arc::new(config.clone()),
+        metrics: metrics_handle(),
+        ready: Arc::new(AtomicBool::new(true)),
+    }
 }
 
 /// A server running in the background.
@@ -83,8 +91,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     };
     let tls = tls::server_config(&cert, &key)?;
     let addr = config.listen_addr();
-    let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
     let sweeper = vault.spawn_cvc_sweeper(Duration::from_secs(config.cvc_sweep_secs));
     let app = router(state(vault.clone(), config));
     let (stop, stopped) = oneshot::channel::<()>();
@@ -95,5 +107,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .await;
         sweeper.abort();
     });
-    Ok(Running { addr, vault, stop: Some(stop), task })
+    Ok(Running {
+        addr,
+        vault,
+        stop: Some(stop),
+        task,
+    })
 }

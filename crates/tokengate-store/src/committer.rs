@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::StoreError;
 use crate::model::{Job, JobResult};
 use crate::store::{HeadSigner, Store};
-use crate::StoreError;
 
 type Reply = oneshot::Sender<Result<JobResult, StoreError>>;
 
@@ -64,7 +64,10 @@ impl GroupCommitter {
     /// Commit `job` (with others waiting at the same time) and return its result.
     pub async fn submit(&self, job: Job) -> Result<JobResult, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send((job, reply)).await.map_err(|_| StoreError::CommitterStopped)?;
+        self.tx
+            .send((job, reply))
+            .await
+            .map_err(|_| StoreError::CommitterStopped)?;
         rx.await.map_err(|_| StoreError::CommitterStopped)?
     }
 }

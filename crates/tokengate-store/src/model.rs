@@ -72,16 +72,34 @@ pub enum Op {
     InsertCvc(CvcRow),
     /// Deletes the record and any CVC (the wrapped DEK goes with the row:
     /// crypto-shredding). Output: rows affected.
-    DeleteToken { tenant: String, token: String },
+    DeleteToken {
+        tenant: String,
+        token: String,
+    },
     /// Deletes and returns the CVC if it has not expired at `now`.
-    TakeCvc { tenant: String, token: String, now: i64 },
+    TakeCvc {
+        tenant: String,
+        token: String,
+        now: i64,
+    },
     /// Deletes the CVC if it has expired at `now`. Output: rows affected.
-    ExpireCvc { tenant: String, token: String, now: i64 },
+    ExpireCvc {
+        tenant: String,
+        token: String,
+        now: i64,
+    },
     InsertApiKey(ApiKeyRow),
     /// Output: rows affected (0 if unknown or already revoked).
-    RevokeApiKey { tenant: String, id: String, now: i64 },
+    RevokeApiKey {
+        tenant: String,
+        id: String,
+        now: i64,
+    },
     InsertKey(KeyRow),
-    SetMeta { key: String, value: String },
+    SetMeta {
+        key: String,
+        value: String,
+    },
 }
 
 /// What an [`Op`] produced.

@@ -9,9 +9,9 @@ use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Executor, Row};
 use tokengate_audit::chain::{ChainHash, GENESIS, link};
 use tokengate_audit::{SignedHead, StoredEvent};
 
+use crate::StoreError;
 use crate::model::*;
 use crate::schema;
-use crate::StoreError;
 
 /// Which database is behind a [`Store`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +39,8 @@ fn to_u32(v: i64, what: &str) -> Result<u32, StoreError> {
 }
 
 fn hash32(v: Vec<u8>) -> Result<ChainHash, StoreError> {
-    v.try_into().map_err(|_| StoreError::Corrupt("hash is not 32 bytes".into()))
+    v.try_into()
+        .map_err(|_| StoreError::Corrupt("hash is not 32 bytes".into()))
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -71,8 +72,10 @@ fn token_row(r: &AnyRow, has_cvc: bool) -> Result<TokenRow, StoreError> {
         brand: r.try_get(9)?,
         bin: r.try_get(10)?,
         last4: r.try_get(11)?,
-        exp_month: u8::try_from(r.try_get::<i64, _>(12)?).map_err(|_| StoreError::Corrupt("exp_month".into()))?,
-        exp_year: u16::try_from(r.try_get::<i64, _>(13)?).map_err(|_| StoreError::Corrupt("exp_year".into()))?,
+        exp_month: u8::try_from(r.try_get::<i64, _>(12)?)
+            .map_err(|_| StoreError::Corrupt("exp_month".into()))?,
+        exp_year: u16::try_from(r.try_get::<i64, _>(13)?)
+            .map_err(|_| StoreError::Corrupt("exp_year".into()))?,
         metadata: r.try_get(14)?,
         created_at: r.try_get(15)?,
         has_cvc,
@@ -85,7 +88,11 @@ fn api_key_row(r: &AnyRow) -> Result<ApiKeyRow, StoreError> {
         id: r.try_get(0)?,
         tenant: r.try_get(1)?,
         name: r.try_get(2)?,
-        roles: roles.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        roles: roles
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
         key_version: to_u32(r.try_get(4)?, "key_version")?,
         hash: r.try_get(5)?,
         created_at: r.try_get(6)?,
@@ -144,15 +151,20 @@ impl Store {
                         }
                         Backend::Postgres => {
                             if let Some(s) = schema {
-                                conn.execute(sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {s}; SET search_path TO {s}"))))
-                                    .await?;
+                                conn.execute(sqlx::raw_sql(AssertSqlSafe(format!(
+                                    "CREATE SCHEMA IF NOT EXISTS {s}; SET search_path TO {s}"
+                                ))))
+                                .await?;
                             }
                         }
                     }
                     Ok(())
                 })
             });
-        let pool = opts.connect(url).await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let pool = opts
+            .connect(url)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let store = Store { pool, backend };
         store.migrate().await?;
         Ok(store)
@@ -185,9 +197,11 @@ impl Store {
 
     async fn migrate_in(&self, conn: &mut AnyConnection) -> Result<(), StoreError> {
         if self.backend == Backend::Postgres {
-            conn.execute("SELECT pg_advisory_xact_lock(7392841)").await?;
+            conn.execute("SELECT pg_advisory_xact_lock(7392841)")
+                .await?;
         }
-        conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)").await?;
+        conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            .await?;
         let current: i64 = sqlx::query("SELECT value FROM meta WHERE key = 'schema_version'")
             .fetch_optional(&mut *conn)
             .await?
@@ -200,7 +214,8 @@ impl Store {
                 continue;
             }
             for s in &stmts {
-                conn.execute(sqlx::raw_sql(AssertSqlSafe(s.clone()))).await?;
+                conn.execute(sqlx::raw_sql(AssertSqlSafe(s.clone())))
+                    .await?;
             }
             sqlx::query(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', $1) \
@@ -225,12 +240,22 @@ impl Store {
     // ---- reads ------------------------------------------------------------
 
     /// A token record with whether an unexpired CVC is held for it at `now`.
-    pub async fn get_token(&self, tenant: &str, token: &str, now: i64) -> Result<Option<TokenRow>, StoreError> {
+    pub async fn get_token(
+        &self,
+        tenant: &str,
+        token: &str,
+        now: i64,
+    ) -> Result<Option<TokenRow>, StoreError> {
         let sql = format!(
             "SELECT {TOKEN_COLUMNS}, (SELECT COUNT(*) FROM cvcs c WHERE c.tenant = t.tenant AND c.token = t.token \
              AND c.expires_at > $3) FROM tokens t WHERE t.tenant = $1 AND t.token = $2"
         );
-        let row = sqlx::query(AssertSqlSafe(sql)).bind(tenant).bind(token).bind(now).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(token)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|r| {
             let has_cvc = r.try_get::<i64, _>(16)? > 0;
             token_row(&r, has_cvc)
@@ -239,27 +264,50 @@ impl Store {
     }
 
     /// Tokens of `tenant` whose fingerprint is `fp` (at most `limit`).
-    pub async fn find_by_fingerprint(&self, tenant: &str, fp: &[u8], limit: i64) -> Result<Vec<TokenRow>, StoreError> {
+    pub async fn find_by_fingerprint(
+        &self,
+        tenant: &str,
+        fp: &[u8],
+        limit: i64,
+    ) -> Result<Vec<TokenRow>, StoreError> {
         let sql = format!(
             "SELECT {TOKEN_COLUMNS} FROM tokens t WHERE t.tenant = $1 AND t.fingerprint = $2 \
              ORDER BY t.created_at, t.token LIMIT $3"
         );
-        let rows = sqlx::query(AssertSqlSafe(sql)).bind(tenant).bind(fp.to_vec()).bind(limit).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(fp.to_vec())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(|r| token_row(r, false)).collect()
     }
 
     /// The deterministic token of `format` for fingerprint `fp`, if one exists.
-    pub async fn find_deterministic(&self, tenant: &str, format: &str, fp: &[u8]) -> Result<Option<TokenRow>, StoreError> {
+    pub async fn find_deterministic(
+        &self,
+        tenant: &str,
+        format: &str,
+        fp: &[u8],
+    ) -> Result<Option<TokenRow>, StoreError> {
         let sql = format!(
             "SELECT {TOKEN_COLUMNS} FROM tokens t WHERE t.tenant = $1 AND t.format = $2 AND t.fingerprint = $3 \
              AND t.deterministic = 1"
         );
-        let row = sqlx::query(AssertSqlSafe(sql)).bind(tenant).bind(format).bind(fp.to_vec()).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(format)
+            .bind(fp.to_vec())
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|r| token_row(&r, false)).transpose()
     }
 
     pub async fn count_tokens(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query("SELECT COUNT(*) FROM tokens").fetch_one(&self.pool).await?.try_get(0)?)
+        Ok(sqlx::query("SELECT COUNT(*) FROM tokens")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?)
     }
 
     /// The stored CVC row (tests and sweeps only; reveal uses [`Op::TakeCvc`]).
@@ -275,13 +323,21 @@ impl Store {
     }
 
     /// CVCs that have expired at `now` (oldest first).
-    pub async fn expired_cvcs(&self, now: i64, limit: i64) -> Result<Vec<(String, String)>, StoreError> {
-        let rows = sqlx::query("SELECT tenant, token FROM cvcs WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2")
-            .bind(now)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    pub async fn expired_cvcs(
+        &self,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT tenant, token FROM cvcs WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
     }
 
     pub async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRow>, StoreError> {
@@ -323,12 +379,19 @@ impl Store {
     }
 
     pub async fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT value FROM meta WHERE key = $1").bind(key).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT value FROM meta WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
     /// Audit records with `seq > after`, in order, at most `limit`.
-    pub async fn audit_events(&self, after: u64, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
+    pub async fn audit_events(
+        &self,
+        after: u64,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let after = i64::try_from(after).map_err(|_| StoreError::Corrupt("seq".into()))?;
         let rows = sqlx::query(
             "SELECT seq, event_json, prev_hash, hash FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
@@ -340,7 +403,8 @@ impl Store {
         rows.iter()
             .map(|r| {
                 Ok(StoredEvent {
-                    seq: u64::try_from(r.try_get::<i64, _>(0)?).map_err(|_| StoreError::Corrupt("seq".into()))?,
+                    seq: u64::try_from(r.try_get::<i64, _>(0)?)
+                        .map_err(|_| StoreError::Corrupt("seq".into()))?,
                     event_json: r.try_get(1)?,
                     prev_hash: hash32(r.try_get(2)?)?,
                     hash: hash32(r.try_get(3)?)?,
@@ -350,7 +414,11 @@ impl Store {
     }
 
     /// Audit records about `token` or carrying `request_id` (incident response).
-    pub async fn audit_events_for(&self, token: Option<&str>, request_id: Option<&str>) -> Result<Vec<StoredEvent>, StoreError> {
+    pub async fn audit_events_for(
+        &self,
+        token: Option<&str>,
+        request_id: Option<&str>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let rows = sqlx::query(
             "SELECT seq, event_json, prev_hash, hash FROM audit_events \
              WHERE ($1 IS NOT NULL AND token = $1) OR ($2 IS NOT NULL AND request_id = $2) ORDER BY seq",
@@ -362,7 +430,8 @@ impl Store {
         rows.iter()
             .map(|r| {
                 Ok(StoredEvent {
-                    seq: u64::try_from(r.try_get::<i64, _>(0)?).map_err(|_| StoreError::Corrupt("seq".into()))?,
+                    seq: u64::try_from(r.try_get::<i64, _>(0)?)
+                        .map_err(|_| StoreError::Corrupt("seq".into()))?,
                     event_json: r.try_get(1)?,
                     prev_hash: hash32(r.try_get(2)?)?,
                     hash: hash32(r.try_get(3)?)?,
@@ -372,10 +441,13 @@ impl Store {
     }
 
     pub async fn audit_head(&self) -> Result<Option<SignedHead>, StoreError> {
-        let row = sqlx::query("SELECT seq, hash, signature FROM audit_head WHERE id = 1").fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT seq, hash, signature FROM audit_head WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|r| {
             Ok(SignedHead {
-                seq: u64::try_from(r.try_get::<i64, _>(0)?).map_err(|_| StoreError::Corrupt("seq".into()))?,
+                seq: u64::try_from(r.try_get::<i64, _>(0)?)
+                    .map_err(|_| StoreError::Corrupt("seq".into()))?,
                 hash: hash32(r.try_get(1)?)?,
                 signature: r.try_get(2)?,
             })
@@ -388,7 +460,8 @@ impl Store {
     #[doc(hidden)]
     pub async fn execute_raw_for_tests(&self, sql: &str) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await?;
-        conn.execute(sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))).await?;
+        conn.execute(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())))
+            .await?;
         Ok(())
     }
 
@@ -398,7 +471,11 @@ impl Store {
     /// all (savepoints); a job whose op hits a uniqueness conflict is rolled
     /// back alone. If any audit record cannot be written, or the transaction
     /// cannot commit, the whole batch fails: nothing is acknowledged.
-    pub async fn commit(&self, jobs: &[Job], signer: &dyn HeadSigner) -> Result<Vec<JobResult>, StoreError> {
+    pub async fn commit(
+        &self,
+        jobs: &[Job],
+        signer: &dyn HeadSigner,
+    ) -> Result<Vec<JobResult>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         conn.execute(self.begin_sql()).await?;
         match self.commit_in(&mut conn, jobs, signer).await {
@@ -432,7 +509,8 @@ impl Store {
         };
         let (mut seq, mut prev) = match sqlx::query(head_sql).fetch_optional(&mut *conn).await? {
             Some(r) => (
-                u64::try_from(r.try_get::<i64, _>(0)?).map_err(|_| StoreError::Corrupt("seq".into()))?,
+                u64::try_from(r.try_get::<i64, _>(0)?)
+                    .map_err(|_| StoreError::Corrupt("seq".into()))?,
                 hash32(r.try_get(1)?)?,
             ),
             None => (0, GENESIS),
@@ -450,7 +528,9 @@ impl Store {
                         .map(|(_, e)| e);
                     for event in job.events.iter().chain(conditional) {
                         let rec = link(seq, prev, event);
-                        insert_audit(conn, &rec, event).await.map_err(|e| StoreError::AuditWrite(e.to_string()))?;
+                        insert_audit(conn, &rec, event)
+                            .await
+                            .map_err(|e| StoreError::AuditWrite(e.to_string()))?;
                         seq = rec.seq;
                         prev = rec.hash;
                     }
@@ -499,12 +579,24 @@ enum OpFailure {
 
 impl From<sqlx::Error> for OpFailure {
     fn from(e: sqlx::Error) -> Self {
-        if is_unique_violation(&e) { OpFailure::Job(JobError::Conflict) } else { OpFailure::Batch(e) }
+        if is_unique_violation(&e) {
+            OpFailure::Job(JobError::Conflict)
+        } else {
+            OpFailure::Batch(e)
+        }
     }
 }
 
-async fn insert_audit(conn: &mut AnyConnection, rec: &StoredEvent, event: &tokengate_audit::AuditEvent) -> Result<(), sqlx::Error> {
-    let outcome = if event.outcome.is_success() { "success" } else { "failure" };
+async fn insert_audit(
+    conn: &mut AnyConnection,
+    rec: &StoredEvent,
+    event: &tokengate_audit::AuditEvent,
+) -> Result<(), sqlx::Error> {
+    let outcome = if event.outcome.is_success() {
+        "success"
+    } else {
+        "failure"
+    };
     sqlx::query(
         "INSERT INTO audit_events (seq, ts_ms, action, actor, token, request_id, outcome, event_json, prev_hash, hash) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -590,17 +682,21 @@ async fn apply_ops(conn: &mut AnyConnection, ops: &[Op]) -> Result<Vec<OpOutput>
                 .bind(*now)
                 .fetch_optional(&mut *conn)
                 .await?;
-                OpOutput::Cvc(row.map(|r| cvc_row(&r)).transpose().map_err(|e| {
-                    OpFailure::Job(JobError::Database(e.to_string()))
-                })?)
+                OpOutput::Cvc(
+                    row.map(|r| cvc_row(&r))
+                        .transpose()
+                        .map_err(|e| OpFailure::Job(JobError::Database(e.to_string())))?,
+                )
             }
             Op::ExpireCvc { tenant, token, now } => {
-                let r = sqlx::query("DELETE FROM cvcs WHERE tenant = $1 AND token = $2 AND expires_at <= $3")
-                    .bind(tenant.as_str())
-                    .bind(token.as_str())
-                    .bind(*now)
-                    .execute(&mut *conn)
-                    .await?;
+                let r = sqlx::query(
+                    "DELETE FROM cvcs WHERE tenant = $1 AND token = $2 AND expires_at <= $3",
+                )
+                .bind(tenant.as_str())
+                .bind(token.as_str())
+                .bind(*now)
+                .execute(&mut *conn)
+                .await?;
                 OpOutput::Affected(r.rows_affected())
             }
             Op::InsertApiKey(k) => {

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)] // test code: fail loudly
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)] // test code: fail loudly
 //! The store conformance suite. Every test runs against SQLite and against
 //! PostgreSQL (URL from `TOKENGATE_TEST_POSTGRES_URL`, one schema per test).
 //! In CI (`CI=true`) a missing PostgreSQL URL is a failure, not a skip.
@@ -33,14 +38,20 @@ struct Fixture {
 async fn sqlite() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
-    Fixture { store, _dir: Some(dir) }
+    Fixture {
+        store,
+        _dir: Some(dir),
+    }
 }
 
 async fn postgres(name: &str) -> Option<Fixture> {
     let url = match std::env::var("TOKENGATE_TEST_POSTGRES_URL") {
         Ok(u) => u,
         Err(_) => {
-            assert!(std::env::var("CI").is_err(), "CI must set TOKENGATE_TEST_POSTGRES_URL");
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI must set TOKENGATE_TEST_POSTGRES_URL"
+            );
             eprintln!("TOKENGATE_TEST_POSTGRES_URL unset: skipping the PostgreSQL half of {name}");
             return None;
         }
@@ -48,9 +59,14 @@ async fn postgres(name: &str) -> Option<Fixture> {
     let schema = format!("conf_{name}_{}", std::process::id());
     // Start from an empty schema.
     let admin = Store::connect(&url).await.unwrap();
-    admin.execute_raw_for_tests(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.unwrap();
+    admin
+        .execute_raw_for_tests(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .unwrap();
     admin.close().await;
-    let store = Store::connect_with_schema(&url, Some(&schema)).await.unwrap();
+    let store = Store::connect_with_schema(&url, Some(&schema))
+        .await
+        .unwrap();
     Some(Fixture { store, _dir: None })
 }
 
@@ -74,7 +90,12 @@ macro_rules! conformance {
 }
 
 fn event(action: Action, token: &str) -> AuditEvent {
-    let mut e = AuditEvent::new(1_700_000_000_000, action, Outcome::Success, Ident::from_static("key_test"));
+    let mut e = AuditEvent::new(
+        1_700_000_000_000,
+        action,
+        Outcome::Success,
+        Ident::from_static("key_test"),
+    );
     e.token = Ident::new(token);
     e
 }
@@ -103,7 +124,11 @@ fn token_row(token: &str, fp: u8, deterministic: bool) -> TokenRow {
 
 fn insert_job(row: TokenRow) -> Job {
     let ev = event(Action::TokenCreate, &row.token.clone());
-    Job { ops: vec![Op::InsertToken(row)], events: vec![ev], events_if_affected: vec![] }
+    Job {
+        ops: vec![Op::InsertToken(row)],
+        events: vec![ev],
+        events_if_affected: vec![],
+    }
 }
 
 async fn verify(store: &Store) -> u64 {
@@ -119,18 +144,43 @@ async fn verify(store: &Store) -> u64 {
             after = r.seq;
         }
     }
-    v.finish(store.audit_head().await.unwrap().as_ref(), &public_key()).unwrap().records
+    v.finish(store.audit_head().await.unwrap().as_ref(), &public_key())
+        .unwrap()
+        .records
 }
 
 async fn tokens_round_trip(store: &Store) {
     let s = signer();
-    let res = store.commit(&[insert_job(token_row("tok_a", 7, false))], &s).await.unwrap();
+    let res = store
+        .commit(&[insert_job(token_row("tok_a", 7, false))], &s)
+        .await
+        .unwrap();
     assert_eq!(res, vec![Ok(vec![OpOutput::Affected(1)])]);
-    let got = store.get_token("default", "tok_a", 0).await.unwrap().unwrap();
+    let got = store
+        .get_token("default", "tok_a", 0)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got, token_row("tok_a", 7, false));
-    assert!(store.get_token("other", "tok_a", 0).await.unwrap().is_none(), "tenants are separate");
-    assert!(store.get_token("default", "tok_b", 0).await.unwrap().is_none());
-    let found = store.find_by_fingerprint("default", &[7u8; 32], 10).await.unwrap();
+    assert!(
+        store
+            .get_token("other", "tok_a", 0)
+            .await
+            .unwrap()
+            .is_none(),
+        "tenants are separate"
+    );
+    assert!(
+        store
+            .get_token("default", "tok_b", 0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let found = store
+        .find_by_fingerprint("default", &[7u8; 32], 10)
+        .await
+        .unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(verify(store).await, 1);
 }
@@ -138,7 +188,10 @@ conformance!(tokens, tokens_round_trip);
 
 async fn conflicts_roll_back_alone(store: &Store) {
     let s = signer();
-    store.commit(&[insert_job(token_row("tok_a", 1, true))], &s).await.unwrap();
+    store
+        .commit(&[insert_job(token_row("tok_a", 1, true))], &s)
+        .await
+        .unwrap();
     let res = store
         .commit(
             &[
@@ -153,8 +206,18 @@ async fn conflicts_roll_back_alone(store: &Store) {
     assert_eq!(res[0], Err(JobError::Conflict));
     assert_eq!(res[1], Err(JobError::Conflict));
     assert!(res[2].is_ok());
-    assert!(store.get_token("default", "tok_b", 0).await.unwrap().is_none());
-    let det = store.find_deterministic("default", "opaque", &[1u8; 32]).await.unwrap().unwrap();
+    assert!(
+        store
+            .get_token("default", "tok_b", 0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let det = store
+        .find_deterministic("default", "opaque", &[1u8; 32])
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(det.token, "tok_a");
     // Only the committed jobs left audit records.
     assert_eq!(verify(store).await, 2);
@@ -163,19 +226,45 @@ conformance!(conflicts, conflicts_roll_back_alone);
 
 async fn audit_failure_fails_closed(store: &Store) {
     let s = signer();
-    store.commit(&[insert_job(token_row("tok_a", 1, false))], &s).await.unwrap();
+    store
+        .commit(&[insert_job(token_row("tok_a", 1, false))], &s)
+        .await
+        .unwrap();
     let trigger = match store.backend() {
-        Backend::Sqlite => "CREATE TRIGGER audit_off BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'audit disk full'); END",
-        Backend::Postgres => "CREATE FUNCTION audit_off() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'audit disk full'; END $$ LANGUAGE plpgsql; \
-             CREATE TRIGGER audit_off BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION audit_off()",
+        Backend::Sqlite => {
+            "CREATE TRIGGER audit_off BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'audit disk full'); END"
+        }
+        Backend::Postgres => {
+            "CREATE FUNCTION audit_off() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'audit disk full'; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER audit_off BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION audit_off()"
+        }
     };
     store.execute_raw_for_tests(trigger).await.unwrap();
-    let err = store.commit(&[insert_job(token_row("tok_b", 2, false))], &s).await.unwrap_err();
+    let err = store
+        .commit(&[insert_job(token_row("tok_b", 2, false))], &s)
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::AuditWrite(_)), "{err:?}");
-    assert!(store.get_token("default", "tok_b", 0).await.unwrap().is_none(), "the record must not outlive its audit failure");
-    store.execute_raw_for_tests("DROP TRIGGER audit_off ON audit_events").await.ok();
-    store.execute_raw_for_tests("DROP TRIGGER audit_off").await.ok();
-    store.commit(&[insert_job(token_row("tok_b", 2, false))], &s).await.unwrap();
+    assert!(
+        store
+            .get_token("default", "tok_b", 0)
+            .await
+            .unwrap()
+            .is_none(),
+        "the record must not outlive its audit failure"
+    );
+    store
+        .execute_raw_for_tests("DROP TRIGGER audit_off ON audit_events")
+        .await
+        .ok();
+    store
+        .execute_raw_for_tests("DROP TRIGGER audit_off")
+        .await
+        .ok();
+    store
+        .commit(&[insert_job(token_row("tok_b", 2, false))], &s)
+        .await
+        .unwrap();
     assert_eq!(verify(store).await, 2);
 }
 conformance!(fail_closed, audit_failure_fails_closed);
@@ -199,11 +288,29 @@ async fn cvc_taken_once_and_expires(store: &Store) {
         expires_at: 1000,
     }));
     store.commit(&[job, job_b], &s).await.unwrap();
-    assert!(store.get_token("default", "tok_a", 999).await.unwrap().unwrap().has_cvc);
-    assert!(!store.get_token("default", "tok_a", 1000).await.unwrap().unwrap().has_cvc);
+    assert!(
+        store
+            .get_token("default", "tok_a", 999)
+            .await
+            .unwrap()
+            .unwrap()
+            .has_cvc
+    );
+    assert!(
+        !store
+            .get_token("default", "tok_a", 1000)
+            .await
+            .unwrap()
+            .unwrap()
+            .has_cvc
+    );
 
     let take = |now| Job {
-        ops: vec![Op::TakeCvc { tenant: "default".into(), token: "tok_a".into(), now }],
+        ops: vec![Op::TakeCvc {
+            tenant: "default".into(),
+            token: "tok_a".into(),
+            now,
+        }],
         events: vec![event(Action::TokenReveal, "tok_a")],
         events_if_affected: vec![(0, event(Action::CvcDelete, "tok_a"))],
     };
@@ -212,17 +319,29 @@ async fn cvc_taken_once_and_expires(store: &Store) {
     assert_eq!(r[0], Ok(vec![OpOutput::Cvc(None)]));
     // Two takes in one batch: only the first gets it.
     let r = store.commit(&[take(999), take(999)], &s).await.unwrap();
-    assert!(matches!(&r[0], Ok(v) if matches!(&v[0], OpOutput::Cvc(Some(c)) if c.ciphertext == vec![9; 20])));
+    assert!(
+        matches!(&r[0], Ok(v) if matches!(&v[0], OpOutput::Cvc(Some(c)) if c.ciphertext == vec![9; 20]))
+    );
     assert_eq!(r[1], Ok(vec![OpOutput::Cvc(None)]));
     assert!(store.get_cvc("default", "tok_a").await.unwrap().is_none());
 
-    assert_eq!(store.expired_cvcs(1000, 10).await.unwrap(), vec![("default".to_owned(), "tok_b".to_owned())]);
+    assert_eq!(
+        store.expired_cvcs(1000, 10).await.unwrap(),
+        vec![("default".to_owned(), "tok_b".to_owned())]
+    );
     let expire = Job {
-        ops: vec![Op::ExpireCvc { tenant: "default".into(), token: "tok_b".into(), now: 1000 }],
+        ops: vec![Op::ExpireCvc {
+            tenant: "default".into(),
+            token: "tok_b".into(),
+            now: 1000,
+        }],
         events: vec![],
         events_if_affected: vec![(0, event(Action::CvcExpire, "tok_b"))],
     };
-    let r = store.commit(std::slice::from_ref(&expire), &s).await.unwrap();
+    let r = store
+        .commit(std::slice::from_ref(&expire), &s)
+        .await
+        .unwrap();
     assert_eq!(r[0], Ok(vec![OpOutput::Affected(1)]));
     let r = store.commit(&[expire], &s).await.unwrap();
     assert_eq!(r[0], Ok(vec![OpOutput::Affected(0)]));
@@ -243,13 +362,22 @@ async fn delete_shreds_record_and_cvc(store: &Store) {
     }));
     store.commit(&[job], &s).await.unwrap();
     let del = Job {
-        ops: vec![Op::DeleteToken { tenant: "default".into(), token: "tok_a".into() }],
+        ops: vec![Op::DeleteToken {
+            tenant: "default".into(),
+            token: "tok_a".into(),
+        }],
         events: vec![event(Action::TokenDelete, "tok_a")],
         events_if_affected: vec![],
     };
     let r = store.commit(std::slice::from_ref(&del), &s).await.unwrap();
     assert_eq!(r[0], Ok(vec![OpOutput::Affected(1)]));
-    assert!(store.get_token("default", "tok_a", 0).await.unwrap().is_none());
+    assert!(
+        store
+            .get_token("default", "tok_a", 0)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(store.get_cvc("default", "tok_a").await.unwrap().is_none());
     let r = store.commit(&[del], &s).await.unwrap();
     assert_eq!(r[0], Ok(vec![OpOutput::Affected(0)]));
@@ -268,29 +396,65 @@ async fn api_keys_and_key_ring(store: &Store) {
         created_at: 10,
         revoked_at: None,
     };
-    let kr = KeyRow { purpose: "data".into(), version: 1, state: "active".into(), created_at: 10, wrapped: vec![1; 60] };
+    let kr = KeyRow {
+        purpose: "data".into(),
+        version: 1,
+        state: "active".into(),
+        created_at: 10,
+        wrapped: vec![1; 60],
+    };
     let job = Job {
         ops: vec![
             Op::InsertApiKey(key.clone()),
             Op::InsertKey(kr.clone()),
-            Op::SetMeta { key: "tenant".into(), value: "default".into() },
+            Op::SetMeta {
+                key: "tenant".into(),
+                value: "default".into(),
+            },
         ],
         events: vec![event(Action::ApiKeyCreate, "key_1")],
         events_if_affected: vec![],
     };
     store.commit(&[job], &s).await.unwrap();
     assert_eq!(store.get_api_key("key_1").await.unwrap(), Some(key.clone()));
-    assert_eq!(store.list_api_keys("default").await.unwrap(), vec![key.clone()]);
+    assert_eq!(
+        store.list_api_keys("default").await.unwrap(),
+        vec![key.clone()]
+    );
     assert_eq!(store.keys().await.unwrap(), vec![kr]);
-    assert_eq!(store.meta("tenant").await.unwrap().as_deref(), Some("default"));
+    assert_eq!(
+        store.meta("tenant").await.unwrap().as_deref(),
+        Some("default")
+    );
     let revoke = Job {
-        ops: vec![Op::RevokeApiKey { tenant: "default".into(), id: "key_1".into(), now: 20 }],
+        ops: vec![Op::RevokeApiKey {
+            tenant: "default".into(),
+            id: "key_1".into(),
+            now: 20,
+        }],
         events: vec![],
         events_if_affected: vec![],
     };
-    assert_eq!(store.commit(std::slice::from_ref(&revoke), &s).await.unwrap()[0], Ok(vec![OpOutput::Affected(1)]));
-    assert_eq!(store.commit(&[revoke], &s).await.unwrap()[0], Ok(vec![OpOutput::Affected(0)]));
-    assert_eq!(store.get_api_key("key_1").await.unwrap().unwrap().revoked_at, Some(20));
+    assert_eq!(
+        store
+            .commit(std::slice::from_ref(&revoke), &s)
+            .await
+            .unwrap()[0],
+        Ok(vec![OpOutput::Affected(1)])
+    );
+    assert_eq!(
+        store.commit(&[revoke], &s).await.unwrap()[0],
+        Ok(vec![OpOutput::Affected(0)])
+    );
+    assert_eq!(
+        store
+            .get_api_key("key_1")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        Some(20)
+    );
 }
 conformance!(api_keys, api_keys_and_key_ring);
 
@@ -300,7 +464,12 @@ async fn group_commit_under_concurrency(store: &Store) {
     for i in 0..300 {
         let c = committer.clone();
         handles.push(tokio::spawn(async move {
-            c.submit(insert_job(token_row(&format!("tok_{i}"), (i % 250) as u8, false))).await
+            c.submit(insert_job(token_row(
+                &format!("tok_{i}"),
+                (i % 250) as u8,
+                false,
+            )))
+            .await
         }));
     }
     for h in handles {
@@ -316,7 +485,10 @@ conformance!(group_commit, group_commit_under_concurrency);
 async fn tampering_is_detected(store: &Store) {
     let s = signer();
     for i in 0..5 {
-        store.commit(&[insert_job(token_row(&format!("tok_{i}"), i, false))], &s).await.unwrap();
+        store
+            .commit(&[insert_job(token_row(&format!("tok_{i}"), i, false))], &s)
+            .await
+            .unwrap();
     }
     assert_eq!(verify(store).await, 5);
     store
@@ -324,7 +496,13 @@ async fn tampering_is_detected(store: &Store) {
         .await
         .unwrap();
     let mut v = Verifier::default();
-    let err = store.audit_events(0, 100).await.unwrap().iter().try_for_each(|r| v.push(r)).unwrap_err();
+    let err = store
+        .audit_events(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .try_for_each(|r| v.push(r))
+        .unwrap_err();
     assert_eq!(err.seq(), Some(3));
 }
 conformance!(tampering, tampering_is_detected);

@@ -131,7 +131,13 @@ fn parse_key(presented: &str) -> Option<String> {
 }
 
 /// Build an audit event for `action` by `actor` with the request facts.
-pub(crate) fn event(action: Action, outcome: Outcome, actor: &Ident, tenant: Option<&str>, meta: &RequestMeta) -> AuditEvent {
+pub(crate) fn event(
+    action: Action,
+    outcome: Outcome,
+    actor: &Ident,
+    tenant: Option<&str>,
+    meta: &RequestMeta,
+) -> AuditEvent {
     let mut e = AuditEvent::new(now_ms(), action, outcome, actor.clone());
     e.tenant = tenant.and_then(Ident::new);
     e.request_id = meta.request_id.clone();
@@ -142,7 +148,11 @@ pub(crate) fn event(action: Action, outcome: Outcome, actor: &Ident, tenant: Opt
 
 impl Vault {
     fn key_hash(&self, version: u32, presented: &str) -> Result<[u8; 32], VaultError> {
-        Ok(self.ring.hmac(KeyPurpose::ApiKey, version, &[b"api-key", presented.as_bytes()])?)
+        Ok(self.ring.hmac(
+            KeyPurpose::ApiKey,
+            version,
+            &[b"api-key", presented.as_bytes()],
+        )?)
     }
 
     async fn lookup_key(&self, id: &str) -> Result<Option<ApiKeyRow>, VaultError> {
@@ -157,14 +167,24 @@ impl Vault {
             if cache.len() > 10_000 {
                 cache.clear();
             }
-            cache.insert(id.to_owned(), CachedKey { row: r.clone(), fetched: Instant::now() });
+            cache.insert(
+                id.to_owned(),
+                CachedKey {
+                    row: r.clone(),
+                    fetched: Instant::now(),
+                },
+            );
         }
         Ok(row)
     }
 
     /// Authenticate a bearer key. A failure is audited (and refused if the
     /// audit cannot be written: `audit_unavailable`).
-    pub async fn authenticate(&self, presented: Option<&str>, meta: RequestMeta) -> Result<Caller, VaultError> {
+    pub async fn authenticate(
+        &self,
+        presented: Option<&str>,
+        meta: RequestMeta,
+    ) -> Result<Caller, VaultError> {
         let attempt = async {
             let presented = presented?;
             let id = parse_key(presented)?;
@@ -176,49 +196,123 @@ impl Vault {
             if !bool::from(hash.ct_eq(row.hash.as_slice())) {
                 return None;
             }
-            let roles = row.roles.iter().filter_map(|r| Role::from_name(r)).collect();
-            Some(Caller { key_id: Ident::new(&row.id)?, tenant: row.tenant.clone(), roles, meta: meta.clone() })
+            let roles = row
+                .roles
+                .iter()
+                .filter_map(|r| Role::from_name(r))
+                .collect();
+            Some(Caller {
+                key_id: Ident::new(&row.id)?,
+                tenant: row.tenant.clone(),
+                roles,
+                meta: meta.clone(),
+            })
         };
         if let Some(caller) = attempt.await {
             return Ok(caller);
         }
-        let reason = if presented.is_none() { "missing_api_key" } else { "invalid_api_key" };
-        let ev = event(Action::AuthFailure, Outcome::failure(reason), &Ident::from_static("anonymous"), None, &meta);
-        self.committer.submit(Job { events: vec![ev], ..Job::default() }).await?.map_err(|_| VaultError::AuditUnavailable)?;
+        let reason = if presented.is_none() {
+            "missing_api_key"
+        } else {
+            "invalid_api_key"
+        };
+        let ev = event(
+            Action::AuthFailure,
+            Outcome::failure(reason),
+            &Ident::from_static("anonymous"),
+            None,
+            &meta,
+        );
+        self.committer
+            .submit(Job {
+                events: vec![ev],
+                ..Job::default()
+            })
+            .await?
+            .map_err(|_| VaultError::AuditUnavailable)?;
         Err(VaultError::Unauthenticated)
     }
 
     /// Require `role`; audit and refuse otherwise.
-    pub async fn require(&self, caller: &Caller, role: Role, action: Action) -> Result<(), VaultError> {
+    pub async fn require(
+        &self,
+        caller: &Caller,
+        role: Role,
+        action: Action,
+    ) -> Result<(), VaultError> {
         if caller.has(role) {
             return Ok(());
         }
-        let mut ev = event(Action::AccessDenied, Outcome::failure("forbidden"), &caller.key_id, Some(&caller.tenant), &caller.meta);
-        ev.detail = Some(SafeText::new(&format!("attempted={} required={}", action.as_str(), role.as_str())));
-        self.committer.submit(Job { events: vec![ev], ..Job::default() }).await?.map_err(|_| VaultError::AuditUnavailable)?;
-        Err(VaultError::Forbidden { required: role.as_str() })
+        let mut ev = event(
+            Action::AccessDenied,
+            Outcome::failure("forbidden"),
+            &caller.key_id,
+            Some(&caller.tenant),
+            &caller.meta,
+        );
+        ev.detail = Some(SafeText::new(&format!(
+            "attempted={} required={}",
+            action.as_str(),
+            role.as_str()
+        )));
+        self.committer
+            .submit(Job {
+                events: vec![ev],
+                ..Job::default()
+            })
+            .await?
+            .map_err(|_| VaultError::AuditUnavailable)?;
+        Err(VaultError::Forbidden {
+            required: role.as_str(),
+        })
     }
 
     /// Create an API key; the secret is returned once.
-    pub async fn create_api_key(&self, caller: &Caller, name: &str, roles: &[String]) -> Result<NewApiKey, VaultError> {
-        self.require(caller, Role::Admin, Action::ApiKeyCreate).await?;
+    pub async fn create_api_key(
+        &self,
+        caller: &Caller,
+        name: &str,
+        roles: &[String],
+    ) -> Result<NewApiKey, VaultError> {
+        self.require(caller, Role::Admin, Action::ApiKeyCreate)
+            .await?;
         let name = name.trim();
-        if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) || tokengate_core::contains_pan_like(name) {
-            return Err(VaultError::invalid("invalid_name", "name must be 1-100 printable characters"));
+        if name.is_empty()
+            || name.len() > 100
+            || name.chars().any(char::is_control)
+            || tokengate_core::contains_pan_like(name)
+        {
+            return Err(VaultError::invalid(
+                "invalid_name",
+                "name must be 1-100 printable characters",
+            ));
         }
         if roles.is_empty() {
-            return Err(VaultError::invalid("invalid_roles", "roles must name at least one of: admin, tokenize, reveal, auditor"));
+            return Err(VaultError::invalid(
+                "invalid_roles",
+                "roles must name at least one of: admin, tokenize, reveal, auditor",
+            ));
         }
         let mut parsed: Vec<Role> = Vec::new();
         for r in roles {
             let role = Role::from_name(r).ok_or_else(|| {
-                VaultError::invalid("invalid_roles", "unknown role; use admin, tokenize, reveal or auditor")
+                VaultError::invalid(
+                    "invalid_roles",
+                    "unknown role; use admin, tokenize, reveal or auditor",
+                )
             })?;
             if !parsed.contains(&role) {
                 parsed.push(role);
             }
         }
-        self.insert_api_key(Some(caller), &caller.tenant.clone(), name, &parsed, &caller.meta).await
+        self.insert_api_key(
+            Some(caller),
+            &caller.tenant.clone(),
+            name,
+            &parsed,
+            &caller.meta,
+        )
+        .await
     }
 
     /// Insert a key (also used by `init` for the first admin key, `caller` None).
@@ -246,36 +340,64 @@ impl Vault {
             created_at: now,
             revoked_at: None,
         };
-        let actor = caller.map(|c| c.key_id.clone()).unwrap_or_else(|| Ident::from_static("system"));
-        let mut ev = event(Action::ApiKeyCreate, Outcome::Success, &actor, Some(tenant), meta);
+        let actor = caller
+            .map(|c| c.key_id.clone())
+            .unwrap_or_else(|| Ident::from_static("system"));
+        let mut ev = event(
+            Action::ApiKeyCreate,
+            Outcome::Success,
+            &actor,
+            Some(tenant),
+            meta,
+        );
         ev.subject = Ident::new(&row.id);
         ev.detail = Some(SafeText::new(&format!("roles={}", row.roles.join(","))));
         let info = ApiKeyInfo::from(&row);
         self.committer
-            .submit(Job { ops: vec![Op::InsertApiKey(row)], events: vec![ev], ..Job::default() })
+            .submit(Job {
+                ops: vec![Op::InsertApiKey(row)],
+                events: vec![ev],
+                ..Job::default()
+            })
             .await?
             .map_err(|_| VaultError::Internal("api key id collision".into()))?;
         Ok(NewApiKey { info, secret })
     }
 
     pub async fn list_api_keys(&self, caller: &Caller) -> Result<Vec<ApiKeyInfo>, VaultError> {
-        self.require(caller, Role::Admin, Action::ApiKeyList).await?;
+        self.require(caller, Role::Admin, Action::ApiKeyList)
+            .await?;
         let rows = self.store.list_api_keys(&caller.tenant).await?;
         Ok(rows.iter().map(ApiKeyInfo::from).collect())
     }
 
     /// Revoke a key at once (on this node; other nodes within the cache TTL).
     pub async fn revoke_api_key(&self, caller: &Caller, id: &str) -> Result<(), VaultError> {
-        self.require(caller, Role::Admin, Action::ApiKeyRevoke).await?;
+        self.require(caller, Role::Admin, Action::ApiKeyRevoke)
+            .await?;
         let subject = Ident::new(id).ok_or(VaultError::ApiKeyNotFound)?;
-        let mut ev = event(Action::ApiKeyRevoke, Outcome::Success, &caller.key_id, Some(&caller.tenant), &caller.meta);
+        let mut ev = event(
+            Action::ApiKeyRevoke,
+            Outcome::Success,
+            &caller.key_id,
+            Some(&caller.tenant),
+            &caller.meta,
+        );
         ev.subject = Some(subject.clone());
         let job = Job {
-            ops: vec![Op::RevokeApiKey { tenant: caller.tenant.clone(), id: id.to_owned(), now: now_ms() }],
+            ops: vec![Op::RevokeApiKey {
+                tenant: caller.tenant.clone(),
+                id: id.to_owned(),
+                now: now_ms(),
+            }],
             events: vec![],
             events_if_affected: vec![(0, ev)],
         };
-        let out = self.committer.submit(job).await?.map_err(|e| VaultError::Internal(e.to_string()))?;
+        let out = self
+            .committer
+            .submit(job)
+            .await?
+            .map_err(|e| VaultError::Internal(e.to_string()))?;
         if let Ok(mut cache) = self.key_cache.write() {
             cache.remove(id);
         }
@@ -296,7 +418,10 @@ mod tests {
         assert_eq!(base32(&[0xff; 10]).len(), 16);
         assert_eq!(base32(&[0xff; 20]).len(), 32);
         let k = format!("tg_{}_{}", base32(&[1; 10]), base32(&[2; 20]));
-        assert_eq!(parse_key(&k).as_deref(), Some(format!("key_{}", base32(&[1; 10])).as_str()));
+        assert_eq!(
+            parse_key(&k).as_deref(),
+            Some(format!("key_{}", base32(&[1; 10])).as_str())
+        );
         assert!(parse_key("tg_short_x").is_none());
         assert!(parse_key("Bearer x").is_none());
     }

@@ -64,7 +64,10 @@ impl From<&TokenRow> for TokenInfo {
             fingerprint: HEXLOWER.encode(&r.fingerprint),
             deterministic: r.deterministic,
             has_cvc: r.has_cvc,
-            metadata: r.metadata.as_deref().and_then(|m| serde_json::from_str(m).ok()),
+            metadata: r
+                .metadata
+                .as_deref()
+                .and_then(|m| serde_json::from_str(m).ok()),
             created_at: rfc3339(r.created_at),
         }
     }
@@ -126,12 +129,20 @@ struct ValidCard {
 fn validate(req: &TokenizeRequest) -> Result<ValidCard, VaultError> {
     let pan = Pan::parse(&req.card.number)?;
     let expiry = Expiry::new(req.card.exp_month, req.card.exp_year, this_month())?;
-    let cvc = req.card.cvc.as_deref().map(|c| Cvc::parse(c, pan.brand())).transpose()?;
+    let cvc = req
+        .card
+        .cvc
+        .as_deref()
+        .map(|c| Cvc::parse(c, pan.brand()))
+        .transpose()?;
     let name = match &req.card.name {
         Some(n) => {
             let t = n.trim();
             if t.chars().count() > MAX_NAME_CHARS || t.chars().any(char::is_control) {
-                return Err(VaultError::invalid("invalid_name", "card.name must be at most 100 printable characters"));
+                return Err(VaultError::invalid(
+                    "invalid_name",
+                    "card.name must be at most 100 printable characters",
+                ));
             }
             (!t.is_empty()).then(|| Zeroizing::new(t.to_owned()))
         }
@@ -140,9 +151,14 @@ fn validate(req: &TokenizeRequest) -> Result<ValidCard, VaultError> {
     let metadata = match &req.metadata {
         None | Some(serde_json::Value::Null) => None,
         Some(v @ serde_json::Value::Object(_)) => {
-            let text = serde_json::to_string(v).map_err(|_| VaultError::invalid("invalid_metadata", "metadata is not valid JSON"))?;
+            let text = serde_json::to_string(v).map_err(|_| {
+                VaultError::invalid("invalid_metadata", "metadata is not valid JSON")
+            })?;
             if text.len() > MAX_METADATA_BYTES {
-                return Err(VaultError::invalid("metadata_too_large", "metadata must be at most 4096 bytes of JSON"));
+                return Err(VaultError::invalid(
+                    "metadata_too_large",
+                    "metadata must be at most 4096 bytes of JSON",
+                ));
             }
             if tokengate_core::contains_pan_like(&text) {
                 return Err(VaultError::invalid(
@@ -152,14 +168,27 @@ fn validate(req: &TokenizeRequest) -> Result<ValidCard, VaultError> {
             }
             Some(text)
         }
-        Some(_) => return Err(VaultError::invalid("invalid_metadata", "metadata must be a JSON object")),
+        Some(_) => {
+            return Err(VaultError::invalid(
+                "invalid_metadata",
+                "metadata must be a JSON object",
+            ));
+        }
     };
-    Ok(ValidCard { pan, expiry, name, cvc, metadata })
+    Ok(ValidCard {
+        pan,
+        expiry,
+        name,
+        cvc,
+        metadata,
+    })
 }
 
 fn new_token(format: TokenFormat, pan: &Pan) -> Result<Token, VaultError> {
     Ok(match format {
-        TokenFormat::Opaque => Token::opaque(&tokengate_crypto::random::bytes::<OPAQUE_RANDOM_BYTES>()?),
+        TokenFormat::Opaque => {
+            Token::opaque(&tokengate_crypto::random::bytes::<OPAQUE_RANDOM_BYTES>()?)
+        }
         TokenFormat::Bin6Last4 => Token::bin6_last4(pan, &tokengate_crypto::random::bytes::<16>()?),
     })
 }
@@ -168,24 +197,54 @@ fn new_token(format: TokenFormat, pan: &Pan) -> Result<Token, VaultError> {
 const TOKEN_ATTEMPTS: usize = 8;
 
 impl Vault {
-    fn token_event(&self, caller: &Caller, action: Action, outcome: Outcome, token: Option<&str>) -> tokengate_audit::AuditEvent {
-        let mut e = event(action, outcome, &caller.key_id, Some(&caller.tenant), &caller.meta);
+    fn token_event(
+        &self,
+        caller: &Caller,
+        action: Action,
+        outcome: Outcome,
+        token: Option<&str>,
+    ) -> tokengate_audit::AuditEvent {
+        let mut e = event(
+            action,
+            outcome,
+            &caller.key_id,
+            Some(&caller.tenant),
+            &caller.meta,
+        );
         e.token = token.and_then(Ident::new);
         e
     }
 
     /// Audit a failed card operation (e.g. unknown token) and return `err`.
-    async fn refuse(&self, caller: &Caller, action: Action, token: Option<&str>, err: VaultError) -> VaultError {
+    async fn refuse(
+        &self,
+        caller: &Caller,
+        action: Action,
+        token: Option<&str>,
+        err: VaultError,
+    ) -> VaultError {
         let ev = self.token_event(caller, action, Outcome::failure(err.code()), token);
-        match self.committer.submit(Job { events: vec![ev], ..Job::default() }).await {
+        match self
+            .committer
+            .submit(Job {
+                events: vec![ev],
+                ..Job::default()
+            })
+            .await
+        {
             Ok(Ok(_)) => err,
             _ => VaultError::AuditUnavailable,
         }
     }
 
     /// Tokenize one card.
-    pub async fn tokenize(&self, caller: &Caller, req: &TokenizeRequest) -> Result<TokenizeOutcome, VaultError> {
-        self.require(caller, Role::Tokenize, Action::TokenCreate).await?;
+    pub async fn tokenize(
+        &self,
+        caller: &Caller,
+        req: &TokenizeRequest,
+    ) -> Result<TokenizeOutcome, VaultError> {
+        self.require(caller, Role::Tokenize, Action::TokenCreate)
+            .await?;
         let card = match validate(req) {
             Ok(c) => c,
             Err(e) => return Err(self.refuse(caller, Action::TokenCreate, None, e).await),
@@ -199,9 +258,13 @@ impl Vault {
         caller: &Caller,
         reqs: &[TokenizeRequest],
     ) -> Result<Vec<Result<TokenizeOutcome, VaultError>>, VaultError> {
-        self.require(caller, Role::Tokenize, Action::TokenCreate).await?;
+        self.require(caller, Role::Tokenize, Action::TokenCreate)
+            .await?;
         if reqs.is_empty() || reqs.len() > MAX_BATCH {
-            return Err(VaultError::invalid("invalid_batch_size", "a batch holds 1 to 1000 cards"));
+            return Err(VaultError::invalid(
+                "invalid_batch_size",
+                "a batch holds 1 to 1000 cards",
+            ));
         }
         let futures = reqs.iter().map(|req| async move {
             match validate(req) {
@@ -211,32 +274,53 @@ impl Vault {
         });
         let results = futures::future::join_all(futures).await;
         // An audit failure fails the whole batch closed.
-        if results.iter().any(|r| matches!(r, Err(VaultError::AuditUnavailable))) {
+        if results
+            .iter()
+            .any(|r| matches!(r, Err(VaultError::AuditUnavailable)))
+        {
             return Err(VaultError::AuditUnavailable);
         }
         Ok(results)
     }
 
-    async fn tokenize_valid(&self, caller: &Caller, req: &TokenizeRequest, card: ValidCard) -> Result<TokenizeOutcome, VaultError> {
+    async fn tokenize_valid(
+        &self,
+        caller: &Caller,
+        req: &TokenizeRequest,
+        card: ValidCard,
+    ) -> Result<TokenizeOutcome, VaultError> {
         let tenant = caller.tenant.as_str();
         let fp_version = self.ring.active_version(KeyPurpose::Fingerprint)?;
-        let fingerprint = self.ring.fingerprint(fp_version, tenant, card.pan.expose_digits())?.to_vec();
+        let fingerprint = self
+            .ring
+            .fingerprint(fp_version, tenant, card.pan.expose_digits())?
+            .to_vec();
         let payload = Payload {
             number: card.pan.expose_digits().to_owned(),
             name: card.name.as_ref().map(|n| n.to_string()),
         };
-        let plaintext = Zeroizing::new(serde_json::to_vec(&payload).map_err(|e| VaultError::Internal(e.to_string()))?);
+        let plaintext = Zeroizing::new(
+            serde_json::to_vec(&payload).map_err(|e| VaultError::Internal(e.to_string()))?,
+        );
         drop(payload);
         let now = now_ms();
 
         for _ in 0..TOKEN_ATTEMPTS {
             if req.deterministic
-                && let Some(existing) = self.store.find_deterministic(tenant, req.format.as_str(), &fingerprint).await?
+                && let Some(existing) = self
+                    .store
+                    .find_deterministic(tenant, req.format.as_str(), &fingerprint)
+                    .await?
             {
-                return self.reuse_deterministic(caller, existing, card.cvc.as_ref(), now).await;
+                return self
+                    .reuse_deterministic(caller, existing, card.cvc.as_ref(), now)
+                    .await;
             }
             let token = new_token(req.format, &card.pan)?;
-            let aad = RecordAad { tenant, token: token.as_str() };
+            let aad = RecordAad {
+                tenant,
+                token: token.as_str(),
+            };
             let env = Envelope::seal(&self.ring, aad, &plaintext)?;
             let row = TokenRow {
                 tenant: tenant.to_owned(),
@@ -259,14 +343,37 @@ impl Vault {
             };
             let mut ops = vec![Op::InsertToken(row.clone())];
             if let Some(cvc) = &card.cvc {
-                ops.push(Op::InsertCvc(self.cvc_row(tenant, token.as_str(), cvc, now)?));
+                ops.push(Op::InsertCvc(self.cvc_row(
+                    tenant,
+                    token.as_str(),
+                    cvc,
+                    now,
+                )?));
             }
-            let mut ev = self.token_event(caller, Action::TokenCreate, Outcome::Success, Some(token.as_str()));
+            let mut ev = self.token_event(
+                caller,
+                Action::TokenCreate,
+                Outcome::Success,
+                Some(token.as_str()),
+            );
             if card.cvc.is_some() {
                 ev.detail = Some(SafeText::new("cvc_held=true"));
             }
-            match self.committer.submit(Job { ops, events: vec![ev], ..Job::default() }).await? {
-                Ok(_) => return Ok(TokenizeOutcome { info: TokenInfo::from(&row), created: true }),
+            match self
+                .committer
+                .submit(Job {
+                    ops,
+                    events: vec![ev],
+                    ..Job::default()
+                })
+                .await?
+            {
+                Ok(_) => {
+                    return Ok(TokenizeOutcome {
+                        info: TokenInfo::from(&row),
+                        created: true,
+                    });
+                }
                 // Token collision, or a concurrent deterministic insert: retry
                 // (the deterministic branch then finds the winner).
                 Err(JobError::Conflict) => continue,
@@ -276,8 +383,15 @@ impl Vault {
         Err(VaultError::TokenCollision)
     }
 
-    fn cvc_row(&self, tenant: &str, token: &str, cvc: &Cvc, now: i64) -> Result<CvcRow, VaultError> {
-        let (key_version, ciphertext) = seal_cvc(&self.ring, RecordAad { tenant, token }, cvc.expose_digits())?;
+    fn cvc_row(
+        &self,
+        tenant: &str,
+        token: &str,
+        cvc: &Cvc,
+        now: i64,
+    ) -> Result<CvcRow, VaultError> {
+        let (key_version, ciphertext) =
+            seal_cvc(&self.ring, RecordAad { tenant, token }, cvc.expose_digits())?;
         Ok(CvcRow {
             tenant: tenant.to_owned(),
             token: token.to_owned(),
@@ -287,80 +401,178 @@ impl Vault {
         })
     }
 
-    async fn reuse_deterministic(&self, caller: &Caller, existing: TokenRow, cvc: Option<&Cvc>, now: i64) -> Result<TokenizeOutcome, VaultError> {
+    async fn reuse_deterministic(
+        &self,
+        caller: &Caller,
+        existing: TokenRow,
+        cvc: Option<&Cvc>,
+        now: i64,
+    ) -> Result<TokenizeOutcome, VaultError> {
         let mut ops = Vec::new();
         if let Some(cvc) = cvc {
             // A fresh CVC replaces any one still held for this card.
-            ops.push(Op::ExpireCvc { tenant: existing.tenant.clone(), token: existing.token.clone(), now: i64::MAX });
-            ops.push(Op::InsertCvc(self.cvc_row(&existing.tenant, &existing.token, cvc, now)?));
+            ops.push(Op::ExpireCvc {
+                tenant: existing.tenant.clone(),
+                token: existing.token.clone(),
+                now: i64::MAX,
+            });
+            ops.push(Op::InsertCvc(self.cvc_row(
+                &existing.tenant,
+                &existing.token,
+                cvc,
+                now,
+            )?));
         }
-        let mut ev = self.token_event(caller, Action::TokenCreate, Outcome::Success, Some(&existing.token));
+        let mut ev = self.token_event(
+            caller,
+            Action::TokenCreate,
+            Outcome::Success,
+            Some(&existing.token),
+        );
         ev.detail = Some(SafeText::new("deterministic_existing=true"));
         self.committer
-            .submit(Job { ops, events: vec![ev], ..Job::default() })
+            .submit(Job {
+                ops,
+                events: vec![ev],
+                ..Job::default()
+            })
             .await?
             .map_err(|e| VaultError::Internal(e.to_string()))?;
         let mut info = TokenInfo::from(&existing);
         info.has_cvc = cvc.is_some() || existing.has_cvc;
-        Ok(TokenizeOutcome { info, created: false })
+        Ok(TokenizeOutcome {
+            info,
+            created: false,
+        })
     }
 
     /// Masked metadata of a token.
     pub async fn token_info(&self, caller: &Caller, token: &str) -> Result<TokenInfo, VaultError> {
-        self.require(caller, Role::Tokenize, Action::TokenRead).await?;
+        self.require(caller, Role::Tokenize, Action::TokenRead)
+            .await?;
         let row = match self.find(caller, token).await? {
             Some(r) => r,
-            None => return Err(self.refuse(caller, Action::TokenRead, Ident::new(token).as_ref().map(Ident::as_str), VaultError::TokenNotFound).await),
+            None => {
+                return Err(self
+                    .refuse(
+                        caller,
+                        Action::TokenRead,
+                        Ident::new(token).as_ref().map(Ident::as_str),
+                        VaultError::TokenNotFound,
+                    )
+                    .await);
+            }
         };
-        let ev = self.token_event(caller, Action::TokenRead, Outcome::Success, Some(&row.token));
-        self.committer.submit(Job { events: vec![ev], ..Job::default() }).await?.map_err(|e| VaultError::Internal(e.to_string()))?;
+        let ev = self.token_event(
+            caller,
+            Action::TokenRead,
+            Outcome::Success,
+            Some(&row.token),
+        );
+        self.committer
+            .submit(Job {
+                events: vec![ev],
+                ..Job::default()
+            })
+            .await?
+            .map_err(|e| VaultError::Internal(e.to_string()))?;
         Ok(TokenInfo::from(&row))
     }
 
     async fn find(&self, caller: &Caller, token: &str) -> Result<Option<TokenRow>, VaultError> {
         // A string that is not a token (for example a real PAN pasted by
         // mistake) is never looked up, logged or audited as such.
-        let Ok(token) = Token::parse(token) else { return Ok(None) };
-        Ok(self.store.get_token(&caller.tenant, token.as_str(), now_ms()).await?)
+        let Ok(token) = Token::parse(token) else {
+            return Ok(None);
+        };
+        Ok(self
+            .store
+            .get_token(&caller.tenant, token.as_str(), now_ms())
+            .await?)
     }
 
     /// The card behind a token. The CVC, if still held, is returned once and deleted.
     pub async fn reveal(&self, caller: &Caller, token: &str) -> Result<RevealedCard, VaultError> {
-        self.require(caller, Role::Reveal, Action::TokenReveal).await?;
+        self.require(caller, Role::Reveal, Action::TokenReveal)
+            .await?;
         let audit_token = Ident::new(token);
         let row = match self.find(caller, token).await? {
             Some(r) => r,
-            None => return Err(self.refuse(caller, Action::TokenReveal, audit_token.as_ref().map(Ident::as_str), VaultError::TokenNotFound).await),
+            None => {
+                return Err(self
+                    .refuse(
+                        caller,
+                        Action::TokenReveal,
+                        audit_token.as_ref().map(Ident::as_str),
+                        VaultError::TokenNotFound,
+                    )
+                    .await);
+            }
         };
-        let aad = RecordAad { tenant: &row.tenant, token: &row.token };
-        let env = Envelope { kek_version: row.kek_version, wrapped_dek: row.wrapped_dek.clone(), ciphertext: row.ciphertext.clone() };
+        let aad = RecordAad {
+            tenant: &row.tenant,
+            token: &row.token,
+        };
+        let env = Envelope {
+            kek_version: row.kek_version,
+            wrapped_dek: row.wrapped_dek.clone(),
+            ciphertext: row.ciphertext.clone(),
+        };
         let plain = match env.open(&self.ring, aad) {
             Ok(p) => p,
             Err(e) => {
                 let err = VaultError::from(e);
                 tracing::error!(token = %row.token, code = err.code(), "record failed to decrypt");
-                return Err(self.refuse(caller, Action::TokenReveal, Some(&row.token), err).await);
+                return Err(self
+                    .refuse(caller, Action::TokenReveal, Some(&row.token), err)
+                    .await);
             }
         };
-        let payload: Payload = serde_json::from_slice(plain.expose()).map_err(|_| VaultError::Internal("corrupt payload".into()))?;
+        let payload: Payload = serde_json::from_slice(plain.expose())
+            .map_err(|_| VaultError::Internal("corrupt payload".into()))?;
         let now = now_ms();
-        let mut job = Job { events: vec![self.token_event(caller, Action::TokenReveal, Outcome::Success, Some(&row.token))], ..Job::default() };
+        let mut job = Job {
+            events: vec![self.token_event(
+                caller,
+                Action::TokenReveal,
+                Outcome::Success,
+                Some(&row.token),
+            )],
+            ..Job::default()
+        };
         if row.has_cvc {
-            job.ops.push(Op::TakeCvc { tenant: row.tenant.clone(), token: row.token.clone(), now });
-            let mut del = self.token_event(caller, Action::CvcDelete, Outcome::Success, Some(&row.token));
+            job.ops.push(Op::TakeCvc {
+                tenant: row.tenant.clone(),
+                token: row.token.clone(),
+                now,
+            });
+            let mut del = self.token_event(
+                caller,
+                Action::CvcDelete,
+                Outcome::Success,
+                Some(&row.token),
+            );
             del.detail = Some(SafeText::new("reason=first_use"));
             job.events_if_affected.push((0, del));
         }
         // The reveal is acknowledged only once its audit record committed.
-        let out = self.committer.submit(job).await?.map_err(|e| VaultError::Internal(e.to_string()))?;
+        let out = self
+            .committer
+            .submit(job)
+            .await?
+            .map_err(|e| VaultError::Internal(e.to_string()))?;
         let cvc = match out.into_iter().next() {
-            Some(OpOutput::Cvc(Some(c))) => match open_cvc(&self.ring, aad, c.key_version, &c.ciphertext) {
-                Ok(b) => Some(Zeroizing::new(String::from_utf8_lossy(b.expose()).into_owned())),
-                Err(e) => {
-                    tracing::error!(token = %row.token, error = %e, "held CVC failed to decrypt; it has been deleted");
-                    None
+            Some(OpOutput::Cvc(Some(c))) => {
+                match open_cvc(&self.ring, aad, c.key_version, &c.ciphertext) {
+                    Ok(b) => Some(Zeroizing::new(
+                        String::from_utf8_lossy(b.expose()).into_owned(),
+                    )),
+                    Err(e) => {
+                        tracing::error!(token = %row.token, error = %e, "held CVC failed to decrypt; it has been deleted");
+                        None
+                    }
                 }
-            },
+            }
             _ => None,
         };
         let mut info = TokenInfo::from(&row);
@@ -375,40 +587,83 @@ impl Vault {
 
     /// Delete a token: the record and its wrapped DEK are removed.
     pub async fn delete(&self, caller: &Caller, token: &str) -> Result<(), VaultError> {
-        self.require(caller, Role::Tokenize, Action::TokenDelete).await?;
+        self.require(caller, Role::Tokenize, Action::TokenDelete)
+            .await?;
         let audit_token = Ident::new(token);
         let Ok(parsed) = Token::parse(token) else {
-            return Err(self.refuse(caller, Action::TokenDelete, None, VaultError::TokenNotFound).await);
+            return Err(self
+                .refuse(caller, Action::TokenDelete, None, VaultError::TokenNotFound)
+                .await);
         };
-        let ev = self.token_event(caller, Action::TokenDelete, Outcome::Success, Some(parsed.as_str()));
+        let ev = self.token_event(
+            caller,
+            Action::TokenDelete,
+            Outcome::Success,
+            Some(parsed.as_str()),
+        );
         let job = Job {
-            ops: vec![Op::DeleteToken { tenant: caller.tenant.clone(), token: parsed.as_str().to_owned() }],
+            ops: vec![Op::DeleteToken {
+                tenant: caller.tenant.clone(),
+                token: parsed.as_str().to_owned(),
+            }],
             events: vec![],
             events_if_affected: vec![(0, ev)],
         };
-        let out = self.committer.submit(job).await?.map_err(|e| VaultError::Internal(e.to_string()))?;
+        let out = self
+            .committer
+            .submit(job)
+            .await?
+            .map_err(|e| VaultError::Internal(e.to_string()))?;
         if out.first().map(OpOutput::affected) == Some(1) {
             Ok(())
         } else {
-            Err(self.refuse(caller, Action::TokenDelete, audit_token.as_ref().map(Ident::as_str), VaultError::TokenNotFound).await)
+            Err(self
+                .refuse(
+                    caller,
+                    Action::TokenDelete,
+                    audit_token.as_ref().map(Ident::as_str),
+                    VaultError::TokenNotFound,
+                )
+                .await)
         }
     }
 
     /// Tokens whose keyed fingerprint matches `number`.
-    pub async fn search(&self, caller: &Caller, number: &str) -> Result<Vec<TokenInfo>, VaultError> {
-        self.require(caller, Role::Tokenize, Action::TokenSearch).await?;
+    pub async fn search(
+        &self,
+        caller: &Caller,
+        number: &str,
+    ) -> Result<Vec<TokenInfo>, VaultError> {
+        self.require(caller, Role::Tokenize, Action::TokenSearch)
+            .await?;
         let pan = match Pan::parse(number) {
             Ok(p) => p,
-            Err(e) => return Err(self.refuse(caller, Action::TokenSearch, None, e.into()).await),
+            Err(e) => {
+                return Err(self
+                    .refuse(caller, Action::TokenSearch, None, e.into())
+                    .await);
+            }
         };
         let mut found = Vec::new();
         for v in self.ring.versions(KeyPurpose::Fingerprint) {
-            let fp = self.ring.fingerprint(v, &caller.tenant, pan.expose_digits())?;
-            found.extend(self.store.find_by_fingerprint(&caller.tenant, &fp, MAX_SEARCH_RESULTS).await?);
+            let fp = self
+                .ring
+                .fingerprint(v, &caller.tenant, pan.expose_digits())?;
+            found.extend(
+                self.store
+                    .find_by_fingerprint(&caller.tenant, &fp, MAX_SEARCH_RESULTS)
+                    .await?,
+            );
         }
         let mut ev = self.token_event(caller, Action::TokenSearch, Outcome::Success, None);
         ev.detail = Some(SafeText::new(&format!("results={}", found.len())));
-        self.committer.submit(Job { events: vec![ev], ..Job::default() }).await?.map_err(|e| VaultError::Internal(e.to_string()))?;
+        self.committer
+            .submit(Job {
+                events: vec![ev],
+                ..Job::default()
+            })
+            .await?
+            .map_err(|e| VaultError::Internal(e.to_string()))?;
         Ok(found.iter().map(TokenInfo::from).collect())
     }
 }

@@ -27,7 +27,9 @@ pub enum VaultError {
     StoreUnavailable,
     #[error("could not issue a unique token; try again")]
     TokenCollision,
-    #[error("this record is encrypted under a key version below the minimum decryption version; rewrap the records")]
+    #[error(
+        "this record is encrypted under a key version below the minimum decryption version; rewrap the records"
+    )]
     KeyRetired,
     #[error("internal error")]
     Internal(String),
@@ -56,7 +58,10 @@ impl VaultError {
     }
 
     pub fn invalid(code: &'static str, message: impl Into<String>) -> VaultError {
-        VaultError::Invalid { code, message: message.into() }
+        VaultError::Invalid {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -67,7 +72,9 @@ impl From<StoreError> for VaultError {
                 tracing::error!(%detail, "audit write failed: refusing the operation");
                 VaultError::AuditUnavailable
             }
-            StoreError::Corrupt(detail) => VaultError::Internal(format!("stored data is corrupt: {detail}")),
+            StoreError::Corrupt(detail) => {
+                VaultError::Internal(format!("stored data is corrupt: {detail}"))
+            }
             other => {
                 tracing::error!(error = %other, "store error");
                 VaultError::StoreUnavailable

@@ -50,19 +50,30 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), VaultError> {
         .mode(mode)
         .open(path)
         .map_err(|e| io_err("cannot create", path, e))?;
-    f.write_all(bytes).map_err(|e| io_err("cannot write", path, e))?;
+    f.write_all(bytes)
+        .map_err(|e| io_err("cannot write", path, e))?;
     f.sync_all().map_err(|e| io_err("cannot sync", path, e))
 }
 
 /// Create a self-signed certificate for localhost (until a certificate store
 /// holds real ones). Returns (cert PEM, key PEM).
 fn self_signed() -> Result<(String, zeroize::Zeroizing<String>), VaultError> {
-    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(|e| VaultError::Internal(format!("key generation: {e}")))?;
-    let mut params = rcgen::CertificateParams::new(names).map_err(|e| VaultError::Internal(e.to_string()))?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, "tokengate localhost (self-signed)");
-    let cert = params.self_signed(&key).map_err(|e| VaultError::Internal(e.to_string()))?;
+    let mut params =
+        rcgen::CertificateParams::new(names).map_err(|e| VaultError::Internal(e.to_string()))?;
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        "tokengate localhost (self-signed)",
+    );
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| VaultError::Internal(e.to_string()))?;
     Ok((cert.pem(), zeroize::Zeroizing::new(key.serialize_pem())))
 }
 
@@ -72,11 +83,19 @@ pub async fn init(opts: &InitOptions) -> Result<InitOutput, VaultError> {
     if !is_fresh(&dir.0) {
         return Err(VaultError::invalid(
             "data_dir_exists",
-            format!("{} already exists and is not empty; refusing to touch existing keys", dir.0.display()),
+            format!(
+                "{} already exists and is not empty; refusing to touch existing keys",
+                dir.0.display()
+            ),
         ));
     }
-    DirBuilder::new().recursive(true).mode(0o700).create(&dir.0).map_err(|e| io_err("cannot create", &dir.0, e))?;
-    let root = FileRootKey::create(&dir.root_key()).map_err(|e| VaultError::Internal(e.to_string()))?;
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir.0)
+        .map_err(|e| io_err("cannot create", &dir.0, e))?;
+    let root =
+        FileRootKey::create(&dir.root_key()).map_err(|e| VaultError::Internal(e.to_string()))?;
     if opts.database_url.is_none() {
         // Create the database file owner-only; SQLite gives its -wal and
         // -shm files the same permissions.
@@ -84,7 +103,9 @@ pub async fn init(opts: &InitOptions) -> Result<InitOutput, VaultError> {
     }
 
     let url = dir.store_url(opts.database_url.as_deref());
-    let store = Store::connect(&url).await.map_err(|e| VaultError::invalid("database_unavailable", e.to_string()))?;
+    let store = Store::connect(&url)
+        .await
+        .map_err(|e| VaultError::invalid("database_unavailable", e.to_string()))?;
     if !store.keys().await?.is_empty() {
         return Err(VaultError::invalid(
             "database_initialised",
@@ -104,22 +125,47 @@ pub async fn init(opts: &InitOptions) -> Result<InitOutput, VaultError> {
             wrapped: w.wrapped.clone(),
         }));
     }
-    job.ops.push(Op::SetMeta { key: "default_tenant".into(), value: "default".into() });
-    let mut ev = AuditEvent::new(now, Action::Init, Outcome::Success, Ident::from_static("system"));
+    job.ops.push(Op::SetMeta {
+        key: "default_tenant".into(),
+        value: "default".into(),
+    });
+    let mut ev = AuditEvent::new(
+        now,
+        Action::Init,
+        Outcome::Success,
+        Ident::from_static("system"),
+    );
     ev.tenant = Ident::new("default");
     job.events.push(ev);
-    store.commit(&[job], &RingSigner(ring.clone())).await?.into_iter().next().transpose().map_err(|e| VaultError::Internal(e.to_string()))?;
+    store
+        .commit(&[job], &RingSigner(ring.clone()))
+        .await?
+        .into_iter()
+        .next()
+        .transpose()
+        .map_err(|e| VaultError::Internal(e.to_string()))?;
     store.close().await;
 
     let mut config = VaultConfig::new(&dir.0);
     config.database_url = opts.database_url.clone();
     let vault = Vault::open_with_root(config, &root).await?;
-    let admin = vault.insert_api_key(None, "default", "admin", &[Role::Admin], &RequestMeta::default()).await?;
+    let admin = vault
+        .insert_api_key(
+            None,
+            "default",
+            "admin",
+            &[Role::Admin],
+            &RequestMeta::default(),
+        )
+        .await?;
     let audit_public_key = HEXLOWER.encode(&vault.audit_public_key()?);
     vault.store().close().await;
 
     let tls_dir = dir.0.join("tls");
-    DirBuilder::new().mode(0o700).create(&tls_dir).map_err(|e| io_err("cannot create", &tls_dir, e))?;
+    DirBuilder::new()
+        .mode(0o700)
+        .create(&tls_dir)
+        .map_err(|e| io_err("cannot create", &tls_dir, e))?;
     let (cert, key) = self_signed()?;
     write_file(&dir.tls_cert(), cert.as_bytes(), 0o644)?;
     write_file(&dir.tls_key(), key.as_bytes(), 0o600)?;
@@ -128,7 +174,11 @@ pub async fn init(opts: &InitOptions) -> Result<InitOutput, VaultError> {
         admin_api_key: admin.secret.to_string(),
         admin_api_key_id: admin.info.id,
         data_dir: dir.0.display().to_string(),
-        database: if opts.database_url.is_some() { "postgresql".into() } else { dir.database().display().to_string() },
+        database: if opts.database_url.is_some() {
+            "postgresql".into()
+        } else {
+            dir.database().display().to_string()
+        },
         root_key_file: dir.root_key().display().to_string(),
         tls_certificate: dir.tls_cert().display().to_string(),
         audit_public_key,

@@ -91,7 +91,9 @@ pub struct Vault {
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vault").field("data_dir", &self.config.data_dir).finish_non_exhaustive()
+        f.debug_struct("Vault")
+            .field("data_dir", &self.config.data_dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -99,11 +101,13 @@ pub(crate) fn key_rows_to_wrapped(rows: &[KeyRow]) -> Result<Vec<WrappedKey>, Va
     rows.iter()
         .map(|r| {
             Ok(WrappedKey {
-                purpose: KeyPurpose::from_name(&r.purpose)
-                    .ok_or_else(|| VaultError::Internal(format!("unknown key purpose {}", r.purpose)))?,
+                purpose: KeyPurpose::from_name(&r.purpose).ok_or_else(|| {
+                    VaultError::Internal(format!("unknown key purpose {}", r.purpose))
+                })?,
                 version: r.version,
-                state: KeyState::from_name(&r.state)
-                    .ok_or_else(|| VaultError::Internal(format!("unknown key state {}", r.state)))?,
+                state: KeyState::from_name(&r.state).ok_or_else(|| {
+                    VaultError::Internal(format!("unknown key state {}", r.state))
+                })?,
                 created_at: r.created_at,
                 wrapped: r.wrapped.clone(),
             })
@@ -115,28 +119,50 @@ impl Vault {
     /// Open an initialised data directory. Must run inside a tokio runtime.
     pub async fn open(config: VaultConfig) -> Result<Vault, VaultError> {
         let dir = DataDir(config.data_dir.clone());
-        let root = FileRootKey::open(&dir.root_key()).map_err(|e| VaultError::Setup(e.to_string()))?;
+        let root =
+            FileRootKey::open(&dir.root_key()).map_err(|e| VaultError::Setup(e.to_string()))?;
         Self::open_with_root(config, &root).await
     }
 
     /// Open with an explicit root-key provider.
-    pub async fn open_with_root(config: VaultConfig, root: &dyn RootKeyProvider) -> Result<Vault, VaultError> {
+    pub async fn open_with_root(
+        config: VaultConfig,
+        root: &dyn RootKeyProvider,
+    ) -> Result<Vault, VaultError> {
         let dir = DataDir(config.data_dir.clone());
         let url = dir.store_url(config.database_url.as_deref());
-        let store = Store::connect(&url).await.map_err(|e| VaultError::Setup(e.to_string()))?;
+        let store = Store::connect(&url)
+            .await
+            .map_err(|e| VaultError::Setup(e.to_string()))?;
         let rows = store.keys().await?;
         if rows.is_empty() {
-            return Err(VaultError::Setup("the database holds no keys: run `tokengate init` first".into()));
+            return Err(VaultError::Setup(
+                "the database holds no keys: run `tokengate init` first".into(),
+            ));
         }
         let wrapped = key_rows_to_wrapped(&rows)?;
-        let ring = Arc::new(
-            KeyRing::load(root, &wrapped, &HashMap::new())
-                .map_err(|e| VaultError::Setup(format!("cannot unwrap the key ring with this root key: {e}")))?,
+        let ring = Arc::new(KeyRing::load(root, &wrapped, &HashMap::new()).map_err(|e| {
+            VaultError::Setup(format!(
+                "cannot unwrap the key ring with this root key: {e}"
+            ))
+        })?);
+        let tenant = store
+            .meta("default_tenant")
+            .await?
+            .unwrap_or_else(|| "default".to_owned());
+        let committer = GroupCommitter::spawn(
+            store.clone(),
+            Arc::new(RingSigner(ring.clone())),
+            config.max_commit_batch.max(1),
         );
-        let tenant = store.meta("default_tenant").await?.unwrap_or_else(|| "default".to_owned());
-        let committer =
-            GroupCommitter::spawn(store.clone(), Arc::new(RingSigner(ring.clone())), config.max_commit_batch.max(1));
-        Ok(Vault { config, store, committer, ring, key_cache: RwLock::new(HashMap::new()), tenant })
+        Ok(Vault {
+            config,
+            store,
+            committer,
+            ring,
+            key_cache: RwLock::new(HashMap::new()),
+            tenant,
+        })
     }
 
     pub fn config(&self) -> &VaultConfig {
@@ -164,7 +190,10 @@ impl Vault {
 }
 
 /// Verify the audit trail in `store` against `public_key`.
-pub async fn verify_store(store: &Store, public_key: &[u8]) -> Result<Result<VerifyReport, VerifyError>, VaultError> {
+pub async fn verify_store(
+    store: &Store,
+    public_key: &[u8],
+) -> Result<Result<VerifyReport, VerifyError>, VaultError> {
     let mut v = Verifier::default();
     let mut after = 0;
     loop {
@@ -190,4 +219,3 @@ pub fn is_fresh(dir: &Path) -> bool {
         Err(_) => true,
     }
 }
-

@@ -22,14 +22,27 @@ impl Vault {
             }
             let mut job = Job::default();
             for (i, (tenant, token)) in expired.iter().enumerate() {
-                job.ops.push(Op::ExpireCvc { tenant: tenant.clone(), token: token.clone(), now });
-                let mut e = AuditEvent::new(now, Action::CvcExpire, Outcome::Success, Ident::from_static("system"));
+                job.ops.push(Op::ExpireCvc {
+                    tenant: tenant.clone(),
+                    token: token.clone(),
+                    now,
+                });
+                let mut e = AuditEvent::new(
+                    now,
+                    Action::CvcExpire,
+                    Outcome::Success,
+                    Ident::from_static("system"),
+                );
                 e.tenant = Ident::new(tenant);
                 e.token = Ident::new(token);
                 e.detail = Some(SafeText::new("reason=ttl"));
                 job.events_if_affected.push((i, e));
             }
-            let out = self.committer.submit(job).await?.map_err(|e| VaultError::Internal(e.to_string()))?;
+            let out = self
+                .committer
+                .submit(job)
+                .await?
+                .map_err(|e| VaultError::Internal(e.to_string()))?;
             total += out.iter().filter(|o| o.affected() > 0).count();
         }
     }

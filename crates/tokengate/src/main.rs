@@ -17,7 +17,11 @@ use tokengate_server::config::{Config, ProcessEnv};
 use tokengate_vault::{InitOptions, is_fresh};
 
 #[derive(Parser, Debug)]
-#[command(name = "tokengate", version, about = "Keeps card data out of your application: vault, edge and compliance toolkit.")]
+#[command(
+    name = "tokengate",
+    version,
+    about = "Keeps card data out of your application: vault, edge and compliance toolkit."
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -70,7 +74,10 @@ enum AuditCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tokengate_server::logging::install_panic_hook();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -92,7 +99,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Init { data_dir, json } => {
             tokengate_server::logging::init(Default::default());
             let database_url = std::env::var("DATABASE_URL").ok();
-            let out = tokengate_vault::init(&InitOptions { data_dir, database_url }).await?;
+            let out = tokengate_vault::init(&InitOptions {
+                data_dir,
+                database_url,
+            })
+            .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
@@ -100,8 +111,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Serve { data_dir, listen, config, dev } => serve(data_dir, listen, config, dev).await,
-        Cmd::Audit { cmd: AuditCmd::Verify { data_dir, json } } => audit_verify(data_dir, json).await,
+        Cmd::Serve {
+            data_dir,
+            listen,
+            config,
+            dev,
+        } => serve(data_dir, listen, config, dev).await,
+        Cmd::Audit {
+            cmd: AuditCmd::Verify { data_dir, json },
+        } => audit_verify(data_dir, json).await,
         Cmd::Openapi => {
             println!("{}", tokengate_server::openapi::json());
             Ok(ExitCode::SUCCESS)
@@ -112,15 +130,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn print_init(out: &tokengate_vault::InitOutput) {
     println!("Initialised {}", out.data_dir);
     println!("  database:         {}", out.database);
-    println!("  root key file:    {} (mode 0600; back it up apart from the database)", out.root_key_file);
-    println!("  TLS certificate:  {} (self-signed for localhost)", out.tls_certificate);
+    println!(
+        "  root key file:    {} (mode 0600; back it up apart from the database)",
+        out.root_key_file
+    );
+    println!(
+        "  TLS certificate:  {} (self-signed for localhost)",
+        out.tls_certificate
+    );
     println!("  audit public key: {}", out.audit_public_key);
     println!();
     println!("Admin API key (shown once, store it now):");
     println!("  {}", out.admin_api_key);
 }
 
-async fn serve(data_dir: Option<PathBuf>, listen: Option<std::net::SocketAddr>, config: Option<PathBuf>, dev: bool) -> anyhow::Result<ExitCode> {
+async fn serve(
+    data_dir: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+    config: Option<PathBuf>,
+    dev: bool,
+) -> anyhow::Result<ExitCode> {
     let mut cfg = match Config::load(config.as_deref(), &ProcessEnv) {
         Ok(c) => c,
         Err(e) => {
@@ -136,7 +165,11 @@ async fn serve(data_dir: Option<PathBuf>, listen: Option<std::net::SocketAddr>, 
     }
     tokengate_server::logging::init(cfg.log_format);
     if dev && is_fresh(&cfg.data_dir) {
-        let out = tokengate_vault::init(&InitOptions { data_dir: cfg.data_dir.clone(), database_url: cfg.database_url.clone() }).await?;
+        let out = tokengate_vault::init(&InitOptions {
+            data_dir: cfg.data_dir.clone(),
+            database_url: cfg.database_url.clone(),
+        })
+        .await?;
         print_init(&out);
     }
     let running = tokengate_server::run::start(&cfg).await?;
@@ -152,7 +185,9 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             tokio::select! {
                 _ = ctrl_c => {},
                 _ = term.recv() => {},
@@ -171,15 +206,24 @@ async fn audit_verify(data_dir: PathBuf, json: bool) -> anyhow::Result<ExitCode>
     match result {
         Ok(report) => {
             if json {
-                println!("{}", serde_json::json!({"ok": true, "records": report.records, "last_seq": report.last_seq, "head_hash": report.head_hash}));
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": true, "records": report.records, "last_seq": report.last_seq, "head_hash": report.head_hash})
+                );
             } else {
-                println!("audit trail intact: {} records, head {} (seq {})", report.records, report.head_hash, report.last_seq);
+                println!(
+                    "audit trail intact: {} records, head {} (seq {})",
+                    report.records, report.head_hash, report.last_seq
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
             if json {
-                println!("{}", serde_json::json!({"ok": false, "first_bad_record": e.seq(), "error": e.to_string()}));
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "first_bad_record": e.seq(), "error": e.to_string()})
+                );
             } else {
                 println!("audit trail FAILED verification: {e}");
             }

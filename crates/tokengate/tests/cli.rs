@@ -11,10 +11,21 @@ use serde_json::{Value, json};
 #[test]
 fn init_creates_and_refuses_to_overwrite() {
     let dir = test_dir("cli-init-").join("data");
-    let out = bin().args(["init", "--json", "--data-dir"]).arg(&dir).output().unwrap();
+    let out = bin()
+        .args(["init", "--json", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    for field in ["admin_api_key", "admin_api_key_id", "root_key_file", "database", "tls_certificate", "audit_public_key"] {
+    for field in [
+        "admin_api_key",
+        "admin_api_key_id",
+        "root_key_file",
+        "database",
+        "tls_certificate",
+        "audit_public_key",
+    ] {
         assert!(v[field].is_string(), "missing {field}");
     }
     assert!(v["admin_api_key"].as_str().unwrap().starts_with("tg_"));
@@ -24,10 +35,18 @@ fn init_creates_and_refuses_to_overwrite() {
     assert_eq!(mode("tokengate.db"), 0o600);
     assert_eq!(mode(""), 0o700);
     let root_before = std::fs::read(dir.join("root.key")).unwrap();
-    let again = bin().args(["init", "--data-dir"]).arg(&dir).output().unwrap();
+    let again = bin()
+        .args(["init", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("refusing"));
-    assert_eq!(std::fs::read(dir.join("root.key")).unwrap(), root_before, "keys never overwritten");
+    assert_eq!(
+        std::fs::read(dir.join("root.key")).unwrap(),
+        root_before,
+        "keys never overwritten"
+    );
 }
 
 #[test]
@@ -35,11 +54,24 @@ fn serve_refuses_a_readable_root_key_and_bad_config() {
     let dir = test_dir("cli-perm-").join("data");
     init(&dir);
     std::fs::set_permissions(dir.join("root.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = bin().args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&dir).output().unwrap();
+    let out = bin()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("chmod 600"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
-    let out = bin().args(["serve", "--data-dir"]).arg(&dir).env("TOKENGATE_CVC_TTL_SECS", "99999").output().unwrap();
+    let out = bin()
+        .args(["serve", "--data-dir"])
+        .arg(&dir)
+        .env("TOKENGATE_CVC_TTL_SECS", "99999")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cvc_ttl_secs"));
 }
@@ -85,8 +117,15 @@ async fn tokengate_store_for_tests(db: &std::path::Path) -> tokengate_store::Sto
 }
 
 fn verify(dir: &std::path::Path) -> (i32, Value) {
-    let out = bin().args(["audit", "verify", "--json", "--data-dir"]).arg(dir).output().unwrap();
-    (out.status.code().unwrap(), serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+    let out = bin()
+        .args(["audit", "verify", "--json", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+    )
 }
 
 /// Populate a data dir with some audit records through a real server.
@@ -124,13 +163,19 @@ fn audit_verify_catches_edit_delete_reorder_truncate() {
 
     // Edit one record's content.
     let d = populated();
-    sqlite(&d.join("tokengate.db"), "UPDATE audit_events SET event_json = REPLACE(event_json, 'success', 'failure') WHERE seq = 4");
+    sqlite(
+        &d.join("tokengate.db"),
+        "UPDATE audit_events SET event_json = REPLACE(event_json, 'success', 'failure') WHERE seq = 4",
+    );
     let (code, v) = verify(&d);
     assert_eq!((code, v["first_bad_record"].as_u64()), (1, Some(4)), "{v}");
 
     // Delete one in the middle.
     let d = populated();
-    sqlite(&d.join("tokengate.db"), "DELETE FROM audit_events WHERE seq = 5");
+    sqlite(
+        &d.join("tokengate.db"),
+        "DELETE FROM audit_events WHERE seq = 5",
+    );
     let (code, v) = verify(&d);
     assert_eq!((code, v["first_bad_record"].as_u64()), (1, Some(6)), "{v}");
 
@@ -144,10 +189,16 @@ fn audit_verify_catches_edit_delete_reorder_truncate() {
     assert_eq!((code, v["first_bad_record"].as_u64()), (1, Some(3)), "{v}");
 
     // Cut the newest record off the end.
-    sqlite(&db, "DELETE FROM audit_events WHERE seq = (SELECT MAX(seq) FROM audit_events)");
+    sqlite(
+        &db,
+        "DELETE FROM audit_events WHERE seq = (SELECT MAX(seq) FROM audit_events)",
+    );
     let (code, v) = verify(&dir);
     assert_eq!(code, 1, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("cut off the end"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("cut off the end"),
+        "{v}"
+    );
 }
 
 #[test]
@@ -155,6 +206,14 @@ fn openapi_document_in_docs_is_current() {
     let out = bin().arg("openapi").output().unwrap();
     assert!(out.status.success());
     let generated = String::from_utf8(out.stdout).unwrap();
-    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json")).unwrap();
-    assert_eq!(generated.trim(), committed.trim(), "docs/openapi.json is stale: run `cargo run -- openapi > docs/openapi.json`");
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/openapi.json"
+    ))
+    .unwrap();
+    assert_eq!(
+        generated.trim(),
+        committed.trim(),
+        "docs/openapi.json is stale: run `cargo run -- openapi > docs/openapi.json`"
+    );
 }

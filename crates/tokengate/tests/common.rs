@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 
 pub fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tokengate"));
-    c.env_remove("DATABASE_URL").env_remove("PORT").env_remove("TOKENGATE_DATA_DIR");
+    c.env_remove("DATABASE_URL")
+        .env_remove("PORT")
+        .env_remove("TOKENGATE_DATA_DIR");
     c
 }
 
@@ -19,16 +21,32 @@ pub fn test_dir(prefix: &str) -> PathBuf {
     match std::env::var("TOKENGATE_TEST_ARTIFACTS") {
         Ok(base) => {
             std::fs::create_dir_all(&base).unwrap();
-            tempfile::Builder::new().prefix(prefix).tempdir_in(base).unwrap().keep()
+            tempfile::Builder::new()
+                .prefix(prefix)
+                .tempdir_in(base)
+                .unwrap()
+                .keep()
         }
-        Err(_) => tempfile::Builder::new().prefix(prefix).tempdir().unwrap().keep(),
+        Err(_) => tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .unwrap()
+            .keep(),
     }
 }
 
 /// `tokengate init --json` → admin key.
 pub fn init(data_dir: &Path) -> String {
-    let out = bin().args(["init", "--json", "--data-dir"]).arg(data_dir).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bin()
+        .args(["init", "--json", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     v["admin_api_key"].as_str().unwrap().to_owned()
 }
@@ -41,7 +59,11 @@ pub struct Server {
 impl Server {
     /// Start `tokengate serve` on a free port; stderr goes to `log`.
     pub fn start(data_dir: &Path, log: &Path, envs: &[(&str, &str)]) -> Server {
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         let mut cmd = bin();
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
@@ -54,7 +76,10 @@ impl Server {
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let base = loop {
-            let line = lines.next().expect("server exited before listening").unwrap();
+            let line = lines
+                .next()
+                .expect("server exited before listening")
+                .unwrap();
             if let Some(addr) = line.strip_prefix("tokengate listening on ") {
                 break addr.trim().to_owned();
             }
@@ -70,7 +95,10 @@ impl Server {
     }
 
     pub fn terminate(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         for _ in 0..100 {
             if self.child.try_wait().unwrap().is_some() {
                 return;
@@ -89,7 +117,11 @@ impl Drop for Server {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().danger_accept_invalid_certs(true).pool_max_idle_per_host(64).build().unwrap()
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap()
 }
 
 pub async fn new_key(c: &reqwest::Client, base: &str, admin: &str, roles: &[&str]) -> String {
@@ -113,7 +145,12 @@ pub fn pan_from(n: u64) -> String {
     for check in 0..10 {
         let mut all = digits.clone();
         all.push(check);
-        if tokengate_core::luhn::is_valid(all.iter().map(|d| b'0' + *d as u8).collect::<Vec<_>>().as_slice()) {
+        if tokengate_core::luhn::is_valid(
+            all.iter()
+                .map(|d| b'0' + *d as u8)
+                .collect::<Vec<_>>()
+                .as_slice(),
+        ) {
             return format!("{body}{check}");
         }
     }
@@ -127,7 +164,11 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap().flatten() {
             let p = e.path();
-            if p.is_dir() { stack.push(p) } else { out.push(p) }
+            if p.is_dir() {
+                stack.push(p)
+            } else {
+                out.push(p)
+            }
         }
     }
     out
@@ -151,7 +192,11 @@ pub fn assert_absent(dir: &Path, needles: &[String]) {
                 if let Some(w) = bytes.get(i..i + l)
                     && set.contains(w)
                 {
-                    panic!("card number ending {} found in {}", String::from_utf8_lossy(&w[l - 4..]), f.display());
+                    panic!(
+                        "card number ending {} found in {}",
+                        String::from_utf8_lossy(&w[l - 4..]),
+                        f.display()
+                    );
                 }
             }
         }

@@ -17,10 +17,19 @@ fn acknowledged_tokens_survive_kill_9() {
     let admin = init(&dir);
     let log = base.join("server.log");
     let mut server = Server::start(&dir, &log, &[]);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
 
     let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::new(Mutex::new(Vec::new()));
-    let key = rt.block_on(new_key(&client(), &server.base, &admin, &["tokenize", "reveal"]));
+    let key = rt.block_on(new_key(
+        &client(),
+        &server.base,
+        &admin,
+        &["tokenize", "reveal"],
+    ));
     // 16 clients tokenize distinct cards until the server dies (bounded).
     let mut tasks = Vec::new();
     for w in 0..16u64 {
@@ -44,7 +53,10 @@ fn acknowledged_tokens_survive_kill_9() {
                             Ok(v) => v,
                             Err(_) => break, // died mid-body: not acknowledged
                         };
-                        acked.lock().unwrap().push((v["token"].as_str().unwrap().to_owned(), pan));
+                        acked
+                            .lock()
+                            .unwrap()
+                            .push((v["token"].as_str().unwrap().to_owned(), pan));
                     }
                     Ok(r) => panic!("unexpected status {}", r.status()),
                     Err(_) => break, // server gone
@@ -62,7 +74,11 @@ fn acknowledged_tokens_survive_kill_9() {
         rt.block_on(t).unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 100, "too little load before the kill: {}", acked.len());
+    assert!(
+        acked.len() >= 100,
+        "too little load before the kill: {}",
+        acked.len()
+    );
 
     let server = Server::start(&dir, &log, &[]);
     let c = client();
@@ -81,7 +97,11 @@ fn acknowledged_tokens_survive_kill_9() {
                         .json()
                         .await
                         .unwrap();
-                    assert_eq!(r["card"]["number"].as_str(), Some(pan.as_str()), "token {token} lost after kill -9");
+                    assert_eq!(
+                        r["card"]["number"].as_str(),
+                        Some(pan.as_str()),
+                        "token {token} lost after kill -9"
+                    );
                 }
             }));
         }
@@ -90,8 +110,16 @@ fn acknowledged_tokens_survive_kill_9() {
         }
     });
     drop(server);
-    let out = bin().args(["audit", "verify", "--data-dir"]).arg(&dir).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = bin()
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // And none of those card numbers is in the database, WAL or log in clear.
     let pans: Vec<String> = acked.iter().map(|(_, p)| p.clone()).collect();
     assert_absent(&base, &pans);

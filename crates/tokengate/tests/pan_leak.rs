@@ -11,11 +11,18 @@ use serde_json::json;
 const PANS: &str = include_str!("../../../testdata/pans.txt");
 
 fn pans() -> Vec<String> {
-    PANS.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).map(str::to_owned).collect()
+    PANS.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn grouped(p: &str, sep: char) -> String {
-    p.as_bytes().chunks(4).map(|c| std::str::from_utf8(c).unwrap()).collect::<Vec<_>>().join(&sep.to_string())
+    p.as_bytes()
+        .chunks(4)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect::<Vec<_>>()
+        .join(&sep.to_string())
 }
 
 #[test]
@@ -24,8 +31,16 @@ fn no_card_number_reaches_logs_or_files() {
     let dir = base.join("data");
     let admin = init(&dir);
     let log = base.join("server.log");
-    let mut server = Server::start(&dir, &log, &[("TOKENGATE_LOG", "debug,hyper=info,h2=info,rustls=info")]);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut server = Server::start(
+        &dir,
+        &log,
+        &[("TOKENGATE_LOG", "debug,hyper=info,h2=info,rustls=info")],
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let pans = pans();
     rt.block_on(async {
         let c = client();
@@ -92,14 +107,22 @@ fn no_card_number_reaches_logs_or_files() {
     // kill -9 so the WAL is left as it was.
     server.kill9();
     let logged = std::fs::read_to_string(&log).unwrap();
-    assert!(logged.lines().count() > 100, "debug logging was not on: the test would prove nothing");
+    assert!(
+        logged.lines().count() > 100,
+        "debug logging was not on: the test would prove nothing"
+    );
     let mut needles = Vec::new();
     for p in &pans {
         needles.push(p.clone());
         needles.push(grouped(p, ' '));
         needles.push(grouped(p, '-'));
     }
-    assert!(std::fs::read_dir(&dir).unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with("-wal")));
+    assert!(
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with("-wal"))
+    );
     assert_absent(&base, &needles);
 }
 
@@ -107,7 +130,11 @@ fn no_card_number_reaches_logs_or_files() {
 #[test]
 fn the_leak_search_finds_a_planted_card_number() {
     let dir = test_dir("panleak-control-");
-    std::fs::write(dir.join("planted.log"), b"\x00\x01 binary page ... 4000056655665556 ...").unwrap();
+    std::fs::write(
+        dir.join("planted.log"),
+        b"\x00\x01 binary page ... 4000056655665556 ...",
+    )
+    .unwrap();
     let caught = std::panic::catch_unwind(|| assert_absent(&dir, &["4000056655665556".to_owned()]));
     assert!(caught.is_err(), "a planted card number was not found");
     std::fs::remove_file(dir.join("planted.log")).unwrap();

@@ -30,7 +30,13 @@ pub struct ApiKeyBody {
 
 impl From<ApiKeyInfo> for ApiKeyBody {
     fn from(i: ApiKeyInfo) -> Self {
-        ApiKeyBody { id: i.id, name: i.name, roles: i.roles, created_at: i.created_at, revoked_at: i.revoked_at }
+        ApiKeyBody {
+            id: i.id,
+            name: i.name,
+            roles: i.roles,
+            created_at: i.created_at,
+            revoked_at: i.revoked_at,
+        }
     }
 }
 
@@ -44,7 +50,9 @@ pub struct CreatedKeyBody {
 
 impl std::fmt::Debug for CreatedKeyBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CreatedKeyBody").field("info", &self.info).finish_non_exhaustive()
+        f.debug_struct("CreatedKeyBody")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
     }
 }
 
@@ -61,23 +69,41 @@ pub async fn create(
     Authed(caller): Authed,
     JsonBody(body): JsonBody<CreateKeyBody>,
 ) -> Result<(StatusCode, Json<CreatedKeyBody>), ApiError> {
-    let new = s.vault.create_api_key(&caller, &body.name, &body.roles).await?;
-    Ok((StatusCode::CREATED, Json(CreatedKeyBody { info: new.info.into(), key: new.secret.to_string() })))
+    let new = s
+        .vault
+        .create_api_key(&caller, &body.name, &body.roles)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKeyBody {
+            info: new.info.into(),
+            key: new.secret.to_string(),
+        }),
+    ))
 }
 
 /// List API keys (never their secrets).
 #[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", security(("api_key" = [])),
     responses((status = 200, body = ApiKeyList), (status = 403, body = crate::error::ErrorBody)))]
-pub async fn list(State(s): State<AppState>, Authed(caller): Authed) -> Result<Json<ApiKeyList>, ApiError> {
+pub async fn list(
+    State(s): State<AppState>,
+    Authed(caller): Authed,
+) -> Result<Json<ApiKeyList>, ApiError> {
     let keys = s.vault.list_api_keys(&caller).await?;
-    Ok(Json(ApiKeyList { api_keys: keys.into_iter().map(ApiKeyBody::from).collect() }))
+    Ok(Json(ApiKeyList {
+        api_keys: keys.into_iter().map(ApiKeyBody::from).collect(),
+    }))
 }
 
 /// Revoke an API key at once.
 #[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api-keys", security(("api_key" = [])),
     params(("id" = String, Path)),
     responses((status = 204), (status = 404, description = "api_key_not_found", body = crate::error::ErrorBody)))]
-pub async fn revoke(State(s): State<AppState>, Authed(caller): Authed, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn revoke(
+    State(s): State<AppState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     s.vault.revoke_api_key(&caller, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

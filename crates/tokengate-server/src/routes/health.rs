@@ -27,7 +27,12 @@ pub async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<Health>) {
     if db_ok && s.is_ready() {
         (StatusCode::OK, Json(Health { status: "ready" }))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "not_ready" }))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "not_ready",
+            }),
+        )
     }
 }
 
@@ -41,5 +46,9 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
 /// This API's OpenAPI 3.1 document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, content_type = "application/json")))]
 pub async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], crate::openapi::json()).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::json(),
+    )
+        .into_response()
 }

@@ -40,7 +40,10 @@ fn number_or_digits<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     }
     match N::deserialize(d).map_err(|_| serde::de::Error::custom("expected a whole number"))? {
         N::Num(n) => Ok(n),
-        N::Str(s) => s.trim().parse().map_err(|_| serde::de::Error::custom("expected a whole number")),
+        N::Str(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| serde::de::Error::custom("expected a whole number")),
     }
 }
 
@@ -144,7 +147,13 @@ impl From<TokenInfo> for TokenResponse {
         TokenResponse {
             token: i.token,
             format: i.format,
-            card: MaskedCard { brand: i.brand, bin: i.bin, last4: i.last4, exp_month: i.exp_month, exp_year: i.exp_year },
+            card: MaskedCard {
+                brand: i.brand,
+                bin: i.bin,
+                last4: i.last4,
+                exp_month: i.exp_month,
+                exp_year: i.exp_year,
+            },
             fingerprint: i.fingerprint,
             deterministic: i.deterministic,
             has_cvc: i.has_cvc,
@@ -166,10 +175,18 @@ impl From<TokenInfo> for TokenResponse {
         (status = 422, description = "Invalid card: invalid_luhn, invalid_card_length, unknown_brand, card_expired, invalid_expiry, invalid_cvc, …", body = crate::error::ErrorBody),
         (status = 503, description = "audit_unavailable: the audit record could not be written", body = crate::error::ErrorBody),
     ))]
-pub async fn create(State(s): State<AppState>, Authed(caller): Authed, JsonBody(body): JsonBody<TokenizeBody>) -> Result<Response, ApiError> {
+pub async fn create(
+    State(s): State<AppState>,
+    Authed(caller): Authed,
+    JsonBody(body): JsonBody<TokenizeBody>,
+) -> Result<Response, ApiError> {
     let out = s.vault.tokenize(&caller, &body.into_request()).await?;
     metrics::counter!("tokengate_tokens_created_total").increment(u64::from(out.created));
-    let status = if out.created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if out.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(TokenResponse::from(out.info))).into_response())
 }
 
@@ -204,8 +221,16 @@ pub struct BatchResponse {
     responses((status = 200, body = BatchResponse), (status = 400, body = crate::error::ErrorBody),
         (status = 422, description = "invalid_batch_size", body = crate::error::ErrorBody),
         (status = 503, body = crate::error::ErrorBody)))]
-pub async fn batch(State(s): State<AppState>, Authed(caller): Authed, JsonBody(body): JsonBody<BatchBody>) -> Result<Json<BatchResponse>, ApiError> {
-    let reqs: Vec<TokenizeRequest> = body.items.into_iter().map(TokenizeBody::into_request).collect();
+pub async fn batch(
+    State(s): State<AppState>,
+    Authed(caller): Authed,
+    JsonBody(body): JsonBody<BatchBody>,
+) -> Result<Json<BatchResponse>, ApiError> {
+    let reqs: Vec<TokenizeRequest> = body
+        .items
+        .into_iter()
+        .map(TokenizeBody::into_request)
+        .collect();
     let results = s.vault.tokenize_batch(&caller, &reqs).await?;
     let results = results
         .into_iter()
@@ -223,7 +248,10 @@ pub async fn batch(State(s): State<AppState>, Authed(caller): Authed, JsonBody(b
                     index,
                     status: api.status.as_u16(),
                     token: None,
-                    error: Some(ErrorDetail { code: api.code.to_owned(), message: api.message }),
+                    error: Some(ErrorDetail {
+                        code: api.code.to_owned(),
+                        message: api.message,
+                    }),
                 }
             }
         })
@@ -235,7 +263,11 @@ pub async fn batch(State(s): State<AppState>, Authed(caller): Authed, JsonBody(b
 #[utoipa::path(get, path = "/v1/tokens/{token}", tag = "tokens", security(("api_key" = [])),
     params(("token" = String, Path)),
     responses((status = 200, body = TokenResponse), (status = 404, description = "token_not_found", body = crate::error::ErrorBody)))]
-pub async fn info(State(s): State<AppState>, Authed(caller): Authed, Path(token): Path<String>) -> Result<Json<TokenResponse>, ApiError> {
+pub async fn info(
+    State(s): State<AppState>,
+    Authed(caller): Authed,
+    Path(token): Path<String>,
+) -> Result<Json<TokenResponse>, ApiError> {
     Ok(Json(s.vault.token_info(&caller, &token).await?.into()))
 }
 
@@ -271,7 +303,11 @@ pub struct RevealResponse {
     responses((status = 200, body = RevealResponse), (status = 403, body = crate::error::ErrorBody),
         (status = 404, description = "token_not_found", body = crate::error::ErrorBody),
         (status = 503, description = "audit_unavailable", body = crate::error::ErrorBody)))]
-pub async fn reveal(State(s): State<AppState>, Authed(caller): Authed, Path(token): Path<String>) -> Result<Json<RevealResponse>, ApiError> {
+pub async fn reveal(
+    State(s): State<AppState>,
+    Authed(caller): Authed,
+    Path(token): Path<String>,
+) -> Result<Json<RevealResponse>, ApiError> {
     let card = s.vault.reveal(&caller, &token).await?;
     metrics::counter!("tokengate_reveals_total").increment(1);
     Ok(Json(RevealResponse {
@@ -291,7 +327,11 @@ pub async fn reveal(State(s): State<AppState>, Authed(caller): Authed, Path(toke
 #[utoipa::path(delete, path = "/v1/tokens/{token}", tag = "tokens", security(("api_key" = [])),
     params(("token" = String, Path)),
     responses((status = 204), (status = 404, description = "token_not_found", body = crate::error::ErrorBody)))]
-pub async fn delete(State(s): State<AppState>, Authed(caller): Authed, Path(token): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(s): State<AppState>,
+    Authed(caller): Authed,
+    Path(token): Path<String>,
+) -> Result<StatusCode, ApiError> {
     s.vault.delete(&caller, &token).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -312,7 +352,13 @@ pub struct SearchResponse {
 /// Tokens whose keyed fingerprint matches a card number.
 #[utoipa::path(post, path = "/v1/tokens/search", tag = "tokens", request_body = SearchBody, security(("api_key" = [])),
     responses((status = 200, body = SearchResponse), (status = 422, body = crate::error::ErrorBody)))]
-pub async fn search(State(s): State<AppState>, Authed(caller): Authed, JsonBody(body): JsonBody<SearchBody>) -> Result<Json<SearchResponse>, ApiError> {
+pub async fn search(
+    State(s): State<AppState>,
+    Authed(caller): Authed,
+    JsonBody(body): JsonBody<SearchBody>,
+) -> Result<Json<SearchResponse>, ApiError> {
     let found = s.vault.search(&caller, &body.number.0).await?;
-    Ok(Json(SearchResponse { tokens: found.into_iter().map(TokenResponse::from).collect() }))
+    Ok(Json(SearchResponse {
+        tokens: found.into_iter().map(TokenResponse::from).collect(),
+    }))
 }

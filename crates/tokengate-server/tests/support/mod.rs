@@ -13,14 +13,20 @@ use tokengate_vault::InitOptions;
 pub const PANS: &str = include_str!("../../../../testdata/pans.txt");
 
 pub fn pans() -> Vec<&'static str> {
-    PANS.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).collect()
+    PANS.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect()
 }
 
 pub fn test_dir() -> PathBuf {
     match std::env::var("TOKENGATE_TEST_ARTIFACTS") {
         Ok(base) => {
             std::fs::create_dir_all(&base).unwrap();
-            tempfile::Builder::new().prefix("server-").tempdir_in(base).unwrap().keep()
+            tempfile::Builder::new()
+                .prefix("server-")
+                .tempdir_in(base)
+                .unwrap()
+                .keep()
         }
         Err(_) => tempfile::tempdir().unwrap().keep(),
     }
@@ -41,13 +47,31 @@ impl Harness {
 
     pub async fn start_with(f: impl FnOnce(&mut Config)) -> Harness {
         let data_dir = test_dir().join("data");
-        let out = tokengate_vault::init(&InitOptions { data_dir: data_dir.clone(), database_url: None }).await.unwrap();
-        let mut cfg = Config { data_dir: data_dir.clone(), listen: Some("127.0.0.1:0".parse().unwrap()), ..Config::default() };
+        let out = tokengate_vault::init(&InitOptions {
+            data_dir: data_dir.clone(),
+            database_url: None,
+        })
+        .await
+        .unwrap();
+        let mut cfg = Config {
+            data_dir: data_dir.clone(),
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..Config::default()
+        };
         f(&mut cfg);
         let running = start(&cfg).await.unwrap();
-        let client = reqwest::Client::builder().danger_accept_invalid_certs(true).build().unwrap();
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap();
         let base = format!("https://127.0.0.1:{}", running.addr.port());
-        Harness { running: Some(running), data_dir, client, base, admin: out.admin_api_key }
+        Harness {
+            running: Some(running),
+            data_dir,
+            client,
+            base,
+            admin: out.admin_api_key,
+        }
     }
 
     pub fn vault(&self) -> &tokengate_vault::Vault {
@@ -60,7 +84,13 @@ impl Harness {
         }
     }
 
-    pub async fn call(&self, method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let url = format!("{}{}", self.base, path);
         let mut req = self.client.request(method.parse().unwrap(), url);
         if let Some(k) = key {
@@ -72,30 +102,60 @@ impl Harness {
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
-        let v = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         (status, v)
     }
 
-    pub async fn raw(&self, path: &str, key: Option<&str>, content_type: &str, body: Vec<u8>) -> (u16, Value) {
-        let mut req = self.client.post(format!("{}{}", self.base, path)).header("content-type", content_type).body(body);
+    pub async fn raw(
+        &self,
+        path: &str,
+        key: Option<&str>,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .client
+            .post(format!("{}{}", self.base, path))
+            .header("content-type", content_type)
+            .body(body);
         if let Some(k) = key {
             req = req.bearer_auth(k);
         }
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// A new API key with `roles`.
     pub async fn key(&self, roles: &[&str]) -> String {
-        let (s, v) = self.call("POST", "/v1/api-keys", Some(&self.admin), Some(json!({"name": "test", "roles": roles}))).await;
+        let (s, v) = self
+            .call(
+                "POST",
+                "/v1/api-keys",
+                Some(&self.admin),
+                Some(json!({"name": "test", "roles": roles})),
+            )
+            .await;
         assert_eq!(s, 201, "{v}");
         v["key"].as_str().unwrap().to_owned()
     }
 
     pub async fn tokenize(&self, key: &str, card: Value) -> (u16, Value) {
-        self.call("POST", "/v1/tokens", Some(key), Some(json!({ "card": card }))).await
+        self.call(
+            "POST",
+            "/v1/tokens",
+            Some(key),
+            Some(json!({ "card": card })),
+        )
+        .await
     }
 
     /// Audit actions recorded so far, in order.
@@ -104,7 +164,10 @@ impl Harness {
         recs.iter()
             .map(|r| {
                 let v: Value = serde_json::from_str(&r.event_json).unwrap();
-                (v["action"].as_str().unwrap().to_owned(), v["outcome"].as_str().unwrap().to_owned())
+                (
+                    v["action"].as_str().unwrap().to_owned(),
+                    v["outcome"].as_str().unwrap().to_owned(),
+                )
             })
             .collect()
     }
