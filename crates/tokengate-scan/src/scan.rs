@@ -173,14 +173,23 @@ impl Scanner {
         &self.det
     }
 
-    fn excluded(&self, path: &Path) -> bool {
+    /// Matches the globs against the path as walked, the path relative to
+    /// the folder given (`root`), and the file or folder name.
+    fn excluded_under(&self, path: &Path, root: Option<&Path>) -> bool {
         if self.exclude.is_empty() {
             return false;
         }
         self.exclude.is_match(path)
+            || root
+                .and_then(|r| path.strip_prefix(r).ok())
+                .is_some_and(|rel| self.exclude.is_match(rel))
             || path
                 .file_name()
                 .is_some_and(|n| self.exclude.is_match(Path::new(n)))
+    }
+
+    fn excluded(&self, path: &Path) -> bool {
+        self.excluded_under(path, None)
     }
 
     fn too_big(&self, size: u64) -> bool {
@@ -201,7 +210,7 @@ impl Scanner {
                 .follow_links(false)
                 .sort_by_file_name()
                 .into_iter()
-                .filter_entry(|e| e.depth() == 0 || !self.excluded(e.path()));
+                .filter_entry(|e| e.depth() == 0 || !self.excluded_under(e.path(), Some(input)));
             for entry in walker {
                 match entry {
                     Ok(e) if e.file_type().is_file() => files.push(e.into_path()),

@@ -438,6 +438,9 @@ fn exit_codes_exclude_allow_and_size() {
     let mut a = args(&[dir.path()]);
     a.exclude = vec!["*.json".into()];
     assert_eq!(cli(a).0, 0);
+    let mut a = args(&[dir.path()]);
+    a.exclude = vec!["vendor/**".into()];
+    assert_eq!(cli(a).0, 0);
 
     let mut a = args(&[dir.path()]);
     a.max_filesize = Some(10);
