@@ -4,7 +4,7 @@
 //! an INTEGER column is still a PAN), each value read as its bytes. The file
 //! is opened read-only.
 //! PostgreSQL: text-like columns (`text`, `varchar`, `char`, `json`, `jsonb`,
-//! `xml`, `bigint`, `numeric`) as their text and `bytea` as raw bytes, in base
+//! `xml`, `bigint`, `numeric`, arrays) as their text and `bytea` as raw bytes, in base
 //! tables of every non-system schema (or the schemas asked for), on a
 //! read-only session. Rows are streamed, never loaded whole.
 //!
@@ -248,7 +248,7 @@ async fn scan_postgres(
            AND c.table_schema NOT LIKE 'pg\\_toast%' AND c.table_schema NOT LIKE 'pg\\_temp%' \
            AND (cardinality($1::text[]) = 0 OR c.table_schema = ANY($1::text[])) \
            AND c.data_type IN ('text', 'character varying', 'character', 'bytea', 'json', \
-                               'jsonb', 'xml', 'bigint', 'numeric') \
+                               'jsonb', 'xml', 'bigint', 'numeric', 'ARRAY') \
          ORDER BY c.table_schema, c.table_name, c.ordinal_position",
     )
     .bind(schemas)

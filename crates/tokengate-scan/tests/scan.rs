@@ -652,13 +652,14 @@ mod database {
         let pan_text = luhn("352832122330792");
         let pan_bytea = luhn("675984148525388");
         let pan_json = luhn("2200474395755136".get(..15).unwrap());
+        let pan_array = luhn("644276842684656");
         rt().block_on(async {
             let mut c = sqlx::postgres::PgConnection::connect(&url).await.unwrap();
             for sql in [
                 format!("CREATE SCHEMA {schema}"),
                 format!(
                     "CREATE TABLE {schema}.payments (id bigserial PRIMARY KEY, note text, \
-                     memo varchar(200), raw bytea, body jsonb, amount integer)"
+                     memo varchar(200), raw bytea, body jsonb, tags text[], amount integer)"
                 ),
             ] {
                 sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -667,12 +668,14 @@ mod database {
                     .unwrap();
             }
             sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO {schema}.payments (note, memo, raw, body, amount) \
-                 VALUES ($1, 'nothing', $2, $3::jsonb, 1299), ('clean', 'clean', NULL, NULL, 5)"
+                "INSERT INTO {schema}.payments (note, memo, raw, body, tags, amount) \
+                 VALUES ($1, 'nothing', $2, $3::jsonb, ARRAY['vip', $4], 1299), \
+                        ('clean', 'clean', NULL, NULL, NULL, 5)"
             )))
             .bind(format!("card {pan_text}"))
             .bind(format!("\x00\x01{pan_bytea}\x02").into_bytes())
             .bind(format!("{{\"card\": \"{pan_json}\"}}"))
+            .bind(format!("card {pan_array}"))
             .execute(&mut c)
             .await
             .unwrap();
@@ -704,6 +707,7 @@ mod database {
                 ("note".to_string(), masked(&pan_text)),
                 ("raw".to_string(), masked(&pan_bytea)),
                 ("body".to_string(), masked(&pan_json)),
+                ("tags".to_string(), masked(&pan_array)),
             ]
         );
     }
