@@ -190,6 +190,7 @@ pub fn build_scanner(args: &ScanArgs) -> Result<Scanner, ScanError> {
             allow_paths,
             max_filesize: args.max_filesize,
             threads: args.threads,
+            split_files_over: None,
         },
     )
 }

@@ -385,6 +385,32 @@ impl Detector {
         }
     }
 
+    /// Numbers of the clusters that start in `from..limit`, where a cluster
+    /// already running at `from` (begun before it) is skipped: it belongs
+    /// to whoever scans the bytes before `from`. Used to scan one file in
+    /// parallel pieces.
+    pub fn find_range<'d, 'h>(
+        &'d self,
+        hay: &'h [u8],
+        from: usize,
+        limit: usize,
+    ) -> Matches<'d, 'h> {
+        let mut pos = from.min(hay.len());
+        if pos > 0 && in_cluster(hay, pos - 1) {
+            while pos < hay.len() && in_cluster(hay, pos) {
+                pos += 1;
+            }
+        }
+        Matches {
+            det: self,
+            hay,
+            limit: limit.min(hay.len()),
+            pos,
+            groups: Vec::new(),
+            pending: None,
+        }
+    }
+
     /// True when `hay` holds at least one reportable card number.
     pub fn is_match(&self, hay: &[u8]) -> bool {
         self.find(hay).next().is_some()

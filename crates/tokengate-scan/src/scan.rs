@@ -15,7 +15,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
 
 use crate::detect::Detector;
-use crate::stream::{Located, scan_reader};
+use crate::stream::{Located, PARALLEL_MIN, PIECE, scan_file_parallel, scan_reader};
 
 /// Archives inside archives are opened this deep; deeper ones are scanned as
 /// plain bytes.
@@ -103,6 +103,9 @@ pub struct ScanOptions {
     pub max_filesize: Option<u64>,
     /// Worker threads; 0 means one per core.
     pub threads: usize,
+    /// Plain files at least this large are split into pieces scanned in
+    /// parallel (default [`PARALLEL_MIN`]); ignored with one thread.
+    pub split_files_over: Option<u64>,
 }
 
 fn globset(globs: &[String]) -> Result<GlobSet, ScanError> {
@@ -128,6 +131,7 @@ pub struct Scanner {
     allow_paths: GlobSet,
     max_filesize: Option<u64>,
     threads: usize,
+    split_over: u64,
 }
 
 /// The kinds of container recognised by magic bytes.
@@ -166,6 +170,7 @@ impl Scanner {
             allow_paths: globset(&opts.allow_paths)?,
             max_filesize: opts.max_filesize,
             threads: opts.threads,
+            split_over: opts.split_files_over.unwrap_or(PARALLEL_MIN).max(1),
         })
     }
 
@@ -310,10 +315,27 @@ impl Scanner {
             o.skipped = true;
             return Ok(0);
         }
-        let mut head = [0u8; 4];
+        let mut head = [0u8; 512];
         let n = read_up_to(&mut f, &mut head).map_err(io_err(name))?;
         f.rewind().map_err(io_err(name))?;
-        if sniff(&head[..n]) == Container::Zip {
+        let kind = sniff(&head[..n]);
+        if kind == Container::Plain && self.threads != 1 && size >= self.split_over {
+            // One big file (a database dump, a long log): scan pieces of it
+            // on all workers.
+            drop(f);
+            let workers = rayon::current_num_threads().max(1) as u64;
+            let piece = (size / (4 * workers)).clamp(64 << 10, PIECE);
+            let found = scan_file_parallel(&self.det, path, size, piece).map_err(io_err(name))?;
+            if !self.allow_paths.is_match(name) {
+                o.findings.extend(found.into_iter().map(|l| Report {
+                    path: name.to_string(),
+                    row: None,
+                    located: l,
+                }));
+            }
+            return Ok(size);
+        }
+        if kind == Container::Zip {
             let za = zip::ZipArchive::new(BufReader::new(f)).map_err(|e| ScanError::Archive {
                 path: name.to_string(),
                 message: e.to_string(),

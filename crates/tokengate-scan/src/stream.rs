@@ -15,6 +15,8 @@ pub const BLOCK: usize = 1 << 20;
 /// A finding with its position in the stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Located {
+    /// Note: `finding.start` / `finding.end` are positions in the block that
+    /// was scanned; use `offset` for the position in the stream.
     pub finding: Finding,
     /// Byte offset of the first digit from the start of the stream.
     pub offset: u64,
@@ -210,6 +212,147 @@ pub fn scan_reader(
     Ok(s.bytes())
 }
 
+/// Files at least this large are scanned in parallel pieces when the
+/// scanner has more than one thread.
+pub const PARALLEL_MIN: u64 = 64 << 20;
+/// Piece size for parallel scans of one file.
+pub const PIECE: u64 = 8 << 20;
+/// Longest cluster followed past the end of a piece.
+const MAX_LOOKAHEAD: usize = 1 << 20;
+
+/// What one piece of a file found: findings with their line relative to the
+/// piece, and the piece's newlines.
+struct Piece {
+    /// (finding, stream offset, newlines between piece start and finding,
+    /// stream offset of the last of those newlines)
+    found: Vec<(Finding, u64, u64, Option<u64>)>,
+    newlines: u64,
+    last_newline: Option<u64>,
+}
+
+fn read_at(f: &mut std::fs::File, at: u64, buf: &mut Vec<u8>, n: usize) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    f.seek(SeekFrom::Start(at))?;
+    f.take(n as u64).read_to_end(buf)?;
+    Ok(())
+}
+
+thread_local! {
+    /// One piece buffer per worker thread, reused: fresh multi-megabyte
+    /// buffers would cost a page fault per 4 KiB every time.
+    static PIECE_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn scan_piece(det: &Detector, path: &std::path::Path, a: u64, b: u64) -> io::Result<Piece> {
+    PIECE_BUF.with(|cell| {
+        let mut hay = cell.take();
+        hay.clear();
+        let r = scan_piece_in(det, path, a, b, &mut hay);
+        cell.replace(hay);
+        r
+    })
+}
+
+fn scan_piece_in(
+    det: &Detector,
+    path: &std::path::Path,
+    a: u64,
+    b: u64,
+    hay: &mut Vec<u8>,
+) -> io::Result<Piece> {
+    let mut f = std::fs::File::open(path)?;
+    // Two bytes of look-behind decide whether a cluster runs into the piece.
+    let lb = a.saturating_sub(2);
+    hay.reserve(usize::try_from(b - lb).unwrap_or(0) + 4096);
+    read_at(&mut f, lb, hay, usize::try_from(b - lb).unwrap_or(0))?;
+    let cs = usize::try_from(a - lb).unwrap_or(0);
+    let ce = hay.len();
+    // Look-ahead: follow a cluster that runs past the end, plus context for
+    // track data.
+    let mut extra = 0usize;
+    loop {
+        let before = hay.len();
+        read_at(&mut f, lb + before as u64, hay, 4096)?;
+        extra += hay.len() - before;
+        let done = hay.len() == before
+            || extra >= MAX_LOOKAHEAD
+            || (ce..hay.len().saturating_sub(1)).any(|i| !in_cluster(hay, i) && i >= ce + 64);
+        if done {
+            break;
+        }
+    }
+    let mut piece = Piece {
+        found: Vec::new(),
+        newlines: 0,
+        last_newline: None,
+    };
+    let mut counted = cs;
+    for f in det.find_range(hay, cs, ce) {
+        let span = &hay[counted..f.start];
+        let n = count_newlines(span);
+        if n > 0 {
+            piece.newlines += n;
+            let last = span.iter().rposition(|&b| b == b'\n').unwrap_or(0);
+            piece.last_newline = Some(lb + (counted + last) as u64);
+        }
+        counted = f.start;
+        piece
+            .found
+            .push((f, lb + f.start as u64, piece.newlines, piece.last_newline));
+    }
+    // A number may start past `ce` inside a cluster that began before it;
+    // clusters hold no newline, so nothing is lost by stopping at `ce`.
+    let span = &hay[counted.min(ce)..ce];
+    let n = count_newlines(span);
+    if n > 0 {
+        piece.newlines += n;
+        let last = span.iter().rposition(|&b| b == b'\n').unwrap_or(0);
+        piece.last_newline = Some(lb + (counted + last) as u64);
+    }
+    Ok(piece)
+}
+
+/// Scans the first `len` bytes of a plain file in pieces of `piece` bytes on
+/// the current rayon pool; same findings, lines and columns as
+/// [`scan_reader`].
+pub fn scan_file_parallel(
+    det: &Detector,
+    path: &std::path::Path,
+    len: u64,
+    piece: u64,
+) -> io::Result<Vec<Located>> {
+    use rayon::prelude::*;
+    let piece = piece.max(64);
+    let starts: Vec<u64> = (0..len.div_ceil(piece)).map(|k| k * piece).collect();
+    let pieces: Vec<io::Result<Piece>> = starts
+        .par_iter()
+        .map(|&a| scan_piece(det, path, a, (a + piece).min(len)))
+        .collect();
+    let mut out = Vec::new();
+    let mut line = 1u64;
+    let mut last_nl: Option<u64> = None;
+    for p in pieces {
+        let p = p?;
+        for (finding, offset, nl, piece_last_nl) in p.found {
+            let line_start = match (nl, piece_last_nl) {
+                (n, Some(pos)) if n > 0 => pos + 1,
+                _ => last_nl.map_or(0, |p| p + 1),
+            };
+            out.push(Located {
+                finding,
+                offset,
+                line: line + nl,
+                column: offset - line_start + 1,
+            });
+        }
+        line += p.newlines;
+        if p.last_newline.is_some() {
+            last_nl = p.last_newline;
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +366,61 @@ mod tests {
             self.0 = &self.0[n..];
             Ok(n)
         }
+    }
+
+    #[test]
+    fn parallel_pieces_match_the_stream() {
+        // Numbers, grouped numbers, track data and long digit runs at every
+        // distance from piece boundaries.
+        let mut text = String::new();
+        let parts = [
+            "4539578763621486",
+            "4539 5787 6362 1486",
+            ";4526018159083012=29121010000012345678?",
+            "12345678901234567890123 4539-5787-6362-1486",
+            "x\n",
+            "hello world ",
+            "\n\n",
+            "5182 1993 5181 9098",
+            "-",
+        ];
+        let mut seed = 7u64;
+        for _ in 0..3000 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            text.push_str(parts[(seed >> 33) as usize % parts.len()]);
+        }
+        let dir = std::env::temp_dir().join(format!("tgscan-par-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok();
+        let path = dir.join("big.log");
+        std::fs::write(&path, &text).ok();
+        let det = Detector::default();
+        // `finding.start` is relative to the buffer scanned; compare the rest.
+        let key = |l: &Located| {
+            let f = &l.finding;
+            (
+                l.offset,
+                l.line,
+                l.column,
+                f.masked(),
+                f.kind,
+                f.end - f.start,
+            )
+        };
+        let mut want = Vec::new();
+        scan_reader(&det, text.as_bytes(), &mut |l| want.push(key(&l))).ok();
+        assert!(want.len() > 300, "{}", want.len());
+        for piece in [64, 100, 777, 4096, 1 << 20] {
+            let got: Vec<_> = scan_file_parallel(&det, &path, text.len() as u64, piece)
+                .unwrap_or_default()
+                .iter()
+                .map(key)
+                .collect();
+            let first_diff = got.iter().zip(&want).position(|(a, b)| a != b);
+            assert_eq!((got.len(), first_diff), (want.len(), None), "piece {piece}");
+        }
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

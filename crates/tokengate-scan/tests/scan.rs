@@ -147,6 +147,54 @@ fn many_per_file_with_lines_and_columns() {
 }
 
 #[test]
+fn big_files_split_across_threads_give_the_same_findings() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    let all = cards();
+    for i in 0..20_000usize {
+        let (_, d, g) = &all[i % all.len()];
+        match i % 5 {
+            0 => text.push_str(&format!("{i} ok {d}\n")),
+            1 => text.push_str(&format!("x={} ", grouped(d, g, " "))),
+            2 => text.push_str("2026-11-22T10:00:00Z GET /a?b=1 200 512\n"),
+            3 => text.push_str(&format!(";{d}=29121010000012345678?")),
+            _ => text.push_str(&format!("{}-", grouped(d, g, "-"))),
+        }
+    }
+    let path = dir.path().join("dump.sql");
+    std::fs::write(&path, &text).unwrap();
+    let run = |threads: usize| {
+        let opts = ScanOptions {
+            threads,
+            split_files_over: Some(1),
+            ..Default::default()
+        };
+        let scanner = Scanner::new(Detector::default(), &opts).unwrap();
+        let o = scanner.scan_file(&path);
+        assert!(o.errors.is_empty());
+        o.findings
+            .iter()
+            .map(|r| {
+                (
+                    r.located.offset,
+                    r.located.line,
+                    r.located.column,
+                    r.located.finding.masked(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let one = run(1);
+    assert!(one.len() > 10_000, "{}", one.len());
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let two = pool.install(|| run(2));
+    assert_eq!(one, two);
+}
+
+#[test]
 fn negatives_are_not_reported() {
     let det = Detector::default();
     let visa = luhn("452601815908301");
