@@ -30,7 +30,7 @@ pub const EXIT_ERROR: i32 = 2;
 ///
 /// Prints BIN6 and last4 at most, never a whole number. Exit status: 0 none
 /// found, 1 found, 2 error.
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct ScanArgs {
     /// Files or folders to scan; `-` reads standard input. Gzip, zip and tar
     /// (also .tar.gz, .docx, .xlsx, .jar) are opened by content.
@@ -99,6 +99,29 @@ pub struct ScanArgs {
     /// Print totals (files, bytes, time, throughput) to standard error.
     #[arg(long)]
     pub stats: bool,
+}
+
+impl Default for ScanArgs {
+    /// The same values as the command line without flags (and no paths).
+    fn default() -> Self {
+        ScanArgs {
+            paths: Vec::new(),
+            json: false,
+            sarif: false,
+            exclude: Vec::new(),
+            max_filesize: None,
+            threads: 0,
+            allow: Vec::new(),
+            include_test_cards: false,
+            include_repeated: false,
+            min_length: DEFAULT_MIN_LEN,
+            database: Vec::new(),
+            db_schema: Vec::new(),
+            watch: false,
+            watch_interval_ms: 1000,
+            stats: false,
+        }
+    }
 }
 
 fn parse_min_length(s: &str) -> Result<usize, String> {
@@ -358,6 +381,18 @@ pub fn run(args: &ScanArgs, out: &mut (dyn Write + Send), err: &mut (dyn Write +
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_matches_the_command_line() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: ScanArgs,
+        }
+        let parsed = Cli::parse_from(["scan"]).args;
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", ScanArgs::default()));
+    }
 
     #[test]
     fn sizes() {
