@@ -41,15 +41,22 @@ impl GroupCommitter {
                         Err(_) => break,
                     }
                 }
-                metrics_batch(jobs.len());
-                match store.commit(&jobs, signer.as_ref()).await {
+                let started = std::time::Instant::now();
+                let n = jobs.len();
+                let result = store
+                    .commit(std::mem::take(&mut jobs), signer.clone())
+                    .await;
+                metrics::histogram!("tokengate_store_commit_jobs").record(n as f64);
+                metrics::histogram!("tokengate_store_commit_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                match result {
                     Ok(results) => {
                         for (reply, result) in replies.drain(..).zip(results) {
                             let _ = reply.send(Ok(result));
                         }
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, jobs = jobs.len(), "batch commit failed; refusing the operations");
+                        tracing::error!(error = %e, jobs = n, "batch commit failed; refusing the operations");
                         for reply in replies.drain(..) {
                             let _ = reply.send(Err(e.clone()));
                         }
@@ -70,8 +77,4 @@ impl GroupCommitter {
             .map_err(|_| StoreError::CommitterStopped)?;
         rx.await.map_err(|_| StoreError::CommitterStopped)?
     }
-}
-
-fn metrics_batch(n: usize) {
-    tracing::trace!(jobs = n, "committing batch");
 }

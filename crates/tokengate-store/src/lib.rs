@@ -20,6 +20,7 @@
 pub mod committer;
 pub mod model;
 mod schema;
+mod sqlite_writer;
 mod store;
 
 pub use committer::GroupCommitter;

@@ -12,6 +12,8 @@ use tokengate_audit::{SignedHead, StoredEvent};
 use crate::StoreError;
 use crate::model::*;
 use crate::schema;
+use crate::sqlite_writer::SqliteWriter;
+use std::sync::Arc;
 
 /// Which database is behind a [`Store`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +32,8 @@ pub trait HeadSigner: Send + Sync {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite only: the in-process writer (see `sqlite_writer`).
+    writer: Option<SqliteWriter>,
 }
 
 static DRIVERS: Once = Once::new();
@@ -145,7 +149,7 @@ impl Store {
                             conn.execute(
                                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                                  PRAGMA busy_timeout = 10000; PRAGMA secure_delete = ON; \
-                                 PRAGMA foreign_keys = ON;",
+                                 PRAGMA foreign_keys = ON; PRAGMA cache_size = -32768;",
                             )
                             .await?;
                         }
@@ -165,8 +169,19 @@ impl Store {
             .connect(url)
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let store = Store { pool, backend };
+        let mut store = Store {
+            pool,
+            backend,
+            writer: None,
+        };
         store.migrate().await?;
+        if backend == Backend::Sqlite {
+            let path = url
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:");
+            let path = path.split('?').next().unwrap_or(path);
+            store.writer = Some(SqliteWriter::open(Path::new(path))?);
+        }
         Ok(store)
     }
 
@@ -473,9 +488,14 @@ impl Store {
     /// cannot commit, the whole batch fails: nothing is acknowledged.
     pub async fn commit(
         &self,
-        jobs: &[Job],
-        signer: &dyn HeadSigner,
+        jobs: Vec<Job>,
+        signer: Arc<dyn HeadSigner>,
     ) -> Result<Vec<JobResult>, StoreError> {
+        if let Some(w) = &self.writer {
+            return w.commit(jobs, signer).await;
+        }
+        let signer = signer.as_ref();
+        let jobs = jobs.as_slice();
         let mut conn = self.pool.acquire().await?;
         conn.execute(self.begin_sql()).await?;
         match self.commit_in(&mut conn, jobs, signer).await {
@@ -516,8 +536,72 @@ impl Store {
             None => (0, GENESIS),
         };
         let start_seq = seq;
-        let mut results = Vec::with_capacity(jobs.len());
-        for job in jobs {
+        let mut results: Vec<Option<JobResult>> = vec![None; jobs.len()];
+
+        // Fast path: jobs that only insert a token (and its CVC) or only
+        // record events go in with one multi-row INSERT per table. A
+        // uniqueness conflict sends them down the per-job path below.
+        let simple: Vec<usize> = (0..jobs.len()).filter(|&i| is_simple(&jobs[i])).collect();
+        let mut individual: Vec<usize> =
+            (0..jobs.len()).filter(|&i| !is_simple(&jobs[i])).collect();
+        if !simple.is_empty() {
+            conn.execute("SAVEPOINT fast").await?;
+            let tokens: Vec<&TokenRow> = simple
+                .iter()
+                .flat_map(|&i| jobs[i].ops.iter())
+                .filter_map(|o| {
+                    if let Op::InsertToken(t) = o {
+                        Some(t)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            let cvcs: Vec<&CvcRow> = simple
+                .iter()
+                .flat_map(|&i| jobs[i].ops.iter())
+                .filter_map(|o| {
+                    if let Op::InsertCvc(c) = o {
+                        Some(c)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            let inserted = async {
+                insert_tokens(self.backend, conn, &tokens).await?;
+                insert_cvcs(self.backend, conn, &cvcs).await
+            }
+            .await;
+            match inserted {
+                Ok(()) => {
+                    let mut recs = Vec::new();
+                    for &i in &simple {
+                        for event in &jobs[i].events {
+                            let rec = link(seq, prev, event);
+                            seq = rec.seq;
+                            prev = rec.hash;
+                            recs.push((rec, event));
+                        }
+                        results[i] = Some(Ok(vec![OpOutput::Affected(1); jobs[i].ops.len()]));
+                    }
+                    insert_audit(self.backend, conn, &recs)
+                        .await
+                        .map_err(|e| StoreError::AuditWrite(e.to_string()))?;
+                    conn.execute("RELEASE SAVEPOINT fast").await?;
+                }
+                Err(e) if is_unique_violation(&e) => {
+                    conn.execute("ROLLBACK TO SAVEPOINT fast").await?;
+                    conn.execute("RELEASE SAVEPOINT fast").await?;
+                    individual.extend_from_slice(&simple);
+                    individual.sort_unstable();
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+
+        for i in individual {
+            let job = &jobs[i];
             conn.execute("SAVEPOINT job").await?;
             match apply_ops(conn, &job.ops).await {
                 Ok(outputs) => {
@@ -526,25 +610,31 @@ impl Store {
                         .iter()
                         .filter(|(i, _)| outputs.get(*i).is_some_and(|o| o.affected() > 0))
                         .map(|(_, e)| e);
+                    let mut recs = Vec::new();
                     for event in job.events.iter().chain(conditional) {
                         let rec = link(seq, prev, event);
-                        insert_audit(conn, &rec, event)
-                            .await
-                            .map_err(|e| StoreError::AuditWrite(e.to_string()))?;
                         seq = rec.seq;
                         prev = rec.hash;
+                        recs.push((rec, event));
                     }
+                    insert_audit(self.backend, conn, &recs)
+                        .await
+                        .map_err(|e| StoreError::AuditWrite(e.to_string()))?;
                     conn.execute("RELEASE SAVEPOINT job").await?;
-                    results.push(Ok(outputs));
+                    results[i] = Some(Ok(outputs));
                 }
                 Err(OpFailure::Job(e)) => {
                     conn.execute("ROLLBACK TO SAVEPOINT job").await?;
                     conn.execute("RELEASE SAVEPOINT job").await?;
-                    results.push(Err(e));
+                    results[i] = Some(Err(e));
                 }
                 Err(OpFailure::Batch(e)) => return Err(e.into()),
             }
         }
+        let results: Vec<JobResult> = results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(JobError::Database("job not processed".into()))))
+            .collect();
         if seq != start_seq {
             let sig = signer.sign(seq, &prev);
             sqlx::query(
@@ -587,32 +677,138 @@ impl From<sqlx::Error> for OpFailure {
     }
 }
 
-async fn insert_audit(
+/// Jobs that the multi-row fast path can take: token and CVC inserts and
+/// unconditional events only.
+fn is_simple(job: &Job) -> bool {
+    job.events_if_affected.is_empty()
+        && job
+            .ops
+            .iter()
+            .all(|o| matches!(o, Op::InsertToken(_) | Op::InsertCvc(_)))
+}
+
+/// Rows per multi-row INSERT (keeps bound parameters far below both
+/// backends' limits).
+const ROWS_PER_INSERT: usize = 200;
+
+/// `($1, …, $n), ($n+1, …)` for `rows` rows of `cols` columns; plain `?`
+/// on SQLite, which resolves `$N` names by a linear scan per parameter
+/// (quadratic in a multi-row statement) but binds `?` by position.
+fn values_clause(backend: Backend, rows: usize, cols: usize) -> String {
+    let mut s = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        if r > 0 {
+            s.push_str(", ");
+        }
+        s.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                s.push_str(", ");
+            }
+            match backend {
+                Backend::Sqlite => s.push('?'),
+                Backend::Postgres => {
+                    s.push('$');
+                    s.push_str(&(r * cols + c + 1).to_string());
+                }
+            }
+        }
+        s.push(')');
+    }
+    s
+}
+
+async fn insert_tokens(
+    backend: Backend,
     conn: &mut AnyConnection,
-    rec: &StoredEvent,
-    event: &tokengate_audit::AuditEvent,
+    rows: &[&TokenRow],
 ) -> Result<(), sqlx::Error> {
-    let outcome = if event.outcome.is_success() {
-        "success"
-    } else {
-        "failure"
-    };
-    sqlx::query(
-        "INSERT INTO audit_events (seq, ts_ms, action, actor, token, request_id, outcome, event_json, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(rec.seq as i64)
-    .bind(event.ts_ms)
-    .bind(event.action.as_str())
-    .bind(event.actor.as_str().to_owned())
-    .bind(event.token.as_ref().map(|t| t.as_str().to_owned()))
-    .bind(event.request_id.as_ref().map(|t| t.as_str().to_owned()))
-    .bind(outcome)
-    .bind(rec.event_json.as_str())
-    .bind(rec.prev_hash.to_vec())
-    .bind(rec.hash.to_vec())
-    .execute(&mut *conn)
-    .await?;
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO tokens (tenant, token, format, deterministic, fingerprint, fp_version, kek_version, \
+             wrapped_dek, ciphertext, brand, bin, last4, exp_month, exp_year, metadata, created_at) VALUES {}",
+            values_clause(backend, chunk.len(), 16)
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for t in chunk {
+            q = q
+                .bind(t.tenant.as_str())
+                .bind(t.token.as_str())
+                .bind(t.format.as_str())
+                .bind(i64::from(t.deterministic))
+                .bind(t.fingerprint.as_slice())
+                .bind(i64::from(t.fp_version))
+                .bind(i64::from(t.kek_version))
+                .bind(t.wrapped_dek.as_slice())
+                .bind(t.ciphertext.as_slice())
+                .bind(t.brand.as_str())
+                .bind(t.bin.as_str())
+                .bind(t.last4.as_str())
+                .bind(i64::from(t.exp_month))
+                .bind(i64::from(t.exp_year))
+                .bind(t.metadata.as_deref())
+                .bind(t.created_at);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+async fn insert_cvcs(
+    backend: Backend,
+    conn: &mut AnyConnection,
+    rows: &[&CvcRow],
+) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO cvcs (tenant, token, key_version, ciphertext, expires_at) VALUES {}",
+            values_clause(backend, chunk.len(), 5)
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for c in chunk {
+            q = q
+                .bind(c.tenant.as_str())
+                .bind(c.token.as_str())
+                .bind(i64::from(c.key_version))
+                .bind(c.ciphertext.as_slice())
+                .bind(c.expires_at);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+async fn insert_audit(
+    backend: Backend,
+    conn: &mut AnyConnection,
+    recs: &[(StoredEvent, &tokengate_audit::AuditEvent)],
+) -> Result<(), sqlx::Error> {
+    for chunk in recs.chunks(ROWS_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO audit_events (seq, ts_ms, action, actor, token, request_id, outcome, event_json, prev_hash, hash) \
+             VALUES {}",
+            values_clause(backend, chunk.len(), 10)
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for (rec, event) in chunk {
+            q = q
+                .bind(rec.seq as i64)
+                .bind(event.ts_ms)
+                .bind(event.action.as_str())
+                .bind(event.actor.as_str())
+                .bind(event.token.as_ref().map(|t| t.as_str()))
+                .bind(event.request_id.as_ref().map(|t| t.as_str()))
+                .bind(if event.outcome.is_success() {
+                    "success"
+                } else {
+                    "failure"
+                })
+                .bind(rec.event_json.as_str())
+                .bind(rec.prev_hash.as_slice())
+                .bind(rec.hash.as_slice());
+        }
+        q.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 

@@ -131,6 +131,11 @@ fn insert_job(row: TokenRow) -> Job {
     }
 }
 
+/// Commit through the store's write path with the test signer.
+async fn commit(store: &Store, jobs: &[Job]) -> Result<Vec<JobResult>, StoreError> {
+    store.commit(jobs.to_vec(), Arc::new(signer())).await
+}
+
 async fn verify(store: &Store) -> u64 {
     let mut v = Verifier::default();
     let mut after = 0;
@@ -150,9 +155,7 @@ async fn verify(store: &Store) -> u64 {
 }
 
 async fn tokens_round_trip(store: &Store) {
-    let s = signer();
-    let res = store
-        .commit(&[insert_job(token_row("tok_a", 7, false))], &s)
+    let res = commit(store, &[insert_job(token_row("tok_a", 7, false))])
         .await
         .unwrap();
     assert_eq!(res, vec![Ok(vec![OpOutput::Affected(1)])]);
@@ -187,22 +190,19 @@ async fn tokens_round_trip(store: &Store) {
 conformance!(tokens, tokens_round_trip);
 
 async fn conflicts_roll_back_alone(store: &Store) {
-    let s = signer();
-    store
-        .commit(&[insert_job(token_row("tok_a", 1, true))], &s)
+    commit(store, &[insert_job(token_row("tok_a", 1, true))])
         .await
         .unwrap();
-    let res = store
-        .commit(
-            &[
-                insert_job(token_row("tok_a", 2, false)), // same token
-                insert_job(token_row("tok_b", 1, true)),  // same deterministic fingerprint
-                insert_job(token_row("tok_c", 1, false)), // fine: not deterministic
-            ],
-            &s,
-        )
-        .await
-        .unwrap();
+    let res = commit(
+        store,
+        &[
+            insert_job(token_row("tok_a", 2, false)), // same token
+            insert_job(token_row("tok_b", 1, true)),  // same deterministic fingerprint
+            insert_job(token_row("tok_c", 1, false)), // fine: not deterministic
+        ],
+    )
+    .await
+    .unwrap();
     assert_eq!(res[0], Err(JobError::Conflict));
     assert_eq!(res[1], Err(JobError::Conflict));
     assert!(res[2].is_ok());
@@ -225,9 +225,7 @@ async fn conflicts_roll_back_alone(store: &Store) {
 conformance!(conflicts, conflicts_roll_back_alone);
 
 async fn audit_failure_fails_closed(store: &Store) {
-    let s = signer();
-    store
-        .commit(&[insert_job(token_row("tok_a", 1, false))], &s)
+    commit(store, &[insert_job(token_row("tok_a", 1, false))])
         .await
         .unwrap();
     let trigger = match store.backend() {
@@ -240,8 +238,7 @@ async fn audit_failure_fails_closed(store: &Store) {
         }
     };
     store.execute_raw_for_tests(trigger).await.unwrap();
-    let err = store
-        .commit(&[insert_job(token_row("tok_b", 2, false))], &s)
+    let err = commit(store, &[insert_job(token_row("tok_b", 2, false))])
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::AuditWrite(_)), "{err:?}");
@@ -261,8 +258,7 @@ async fn audit_failure_fails_closed(store: &Store) {
         .execute_raw_for_tests("DROP TRIGGER audit_off")
         .await
         .ok();
-    store
-        .commit(&[insert_job(token_row("tok_b", 2, false))], &s)
+    commit(store, &[insert_job(token_row("tok_b", 2, false))])
         .await
         .unwrap();
     assert_eq!(verify(store).await, 2);
@@ -270,7 +266,6 @@ async fn audit_failure_fails_closed(store: &Store) {
 conformance!(fail_closed, audit_failure_fails_closed);
 
 async fn cvc_taken_once_and_expires(store: &Store) {
-    let s = signer();
     let mut job = insert_job(token_row("tok_a", 1, false));
     job.ops.push(Op::InsertCvc(CvcRow {
         tenant: "default".into(),
@@ -287,7 +282,7 @@ async fn cvc_taken_once_and_expires(store: &Store) {
         ciphertext: vec![8; 20],
         expires_at: 1000,
     }));
-    store.commit(&[job, job_b], &s).await.unwrap();
+    commit(store, &[job, job_b]).await.unwrap();
     assert!(
         store
             .get_token("default", "tok_a", 999)
@@ -315,10 +310,10 @@ async fn cvc_taken_once_and_expires(store: &Store) {
         events_if_affected: vec![(0, event(Action::CvcDelete, "tok_a"))],
     };
     // Expired: not returned.
-    let r = store.commit(&[take(1000)], &s).await.unwrap();
+    let r = commit(store, &[take(1000)]).await.unwrap();
     assert_eq!(r[0], Ok(vec![OpOutput::Cvc(None)]));
     // Two takes in one batch: only the first gets it.
-    let r = store.commit(&[take(999), take(999)], &s).await.unwrap();
+    let r = commit(store, &[take(999), take(999)]).await.unwrap();
     assert!(
         matches!(&r[0], Ok(v) if matches!(&v[0], OpOutput::Cvc(Some(c)) if c.ciphertext == vec![9; 20]))
     );
@@ -338,12 +333,9 @@ async fn cvc_taken_once_and_expires(store: &Store) {
         events: vec![],
         events_if_affected: vec![(0, event(Action::CvcExpire, "tok_b"))],
     };
-    let r = store
-        .commit(std::slice::from_ref(&expire), &s)
-        .await
-        .unwrap();
+    let r = commit(store, std::slice::from_ref(&expire)).await.unwrap();
     assert_eq!(r[0], Ok(vec![OpOutput::Affected(1)]));
-    let r = store.commit(&[expire], &s).await.unwrap();
+    let r = commit(store, &[expire]).await.unwrap();
     assert_eq!(r[0], Ok(vec![OpOutput::Affected(0)]));
     // 2 creates + 3 reveals + 1 cvc_delete + 1 cvc_expire; the second expire wrote nothing.
     assert_eq!(verify(store).await, 7);
@@ -351,7 +343,6 @@ async fn cvc_taken_once_and_expires(store: &Store) {
 conformance!(cvc, cvc_taken_once_and_expires);
 
 async fn delete_shreds_record_and_cvc(store: &Store) {
-    let s = signer();
     let mut job = insert_job(token_row("tok_a", 1, false));
     job.ops.push(Op::InsertCvc(CvcRow {
         tenant: "default".into(),
@@ -360,7 +351,7 @@ async fn delete_shreds_record_and_cvc(store: &Store) {
         ciphertext: vec![9; 20],
         expires_at: i64::MAX,
     }));
-    store.commit(&[job], &s).await.unwrap();
+    commit(store, &[job]).await.unwrap();
     let del = Job {
         ops: vec![Op::DeleteToken {
             tenant: "default".into(),
@@ -369,7 +360,7 @@ async fn delete_shreds_record_and_cvc(store: &Store) {
         events: vec![event(Action::TokenDelete, "tok_a")],
         events_if_affected: vec![],
     };
-    let r = store.commit(std::slice::from_ref(&del), &s).await.unwrap();
+    let r = commit(store, std::slice::from_ref(&del)).await.unwrap();
     assert_eq!(r[0], Ok(vec![OpOutput::Affected(1)]));
     assert!(
         store
@@ -379,13 +370,12 @@ async fn delete_shreds_record_and_cvc(store: &Store) {
             .is_none()
     );
     assert!(store.get_cvc("default", "tok_a").await.unwrap().is_none());
-    let r = store.commit(&[del], &s).await.unwrap();
+    let r = commit(store, &[del]).await.unwrap();
     assert_eq!(r[0], Ok(vec![OpOutput::Affected(0)]));
 }
 conformance!(delete, delete_shreds_record_and_cvc);
 
 async fn api_keys_and_key_ring(store: &Store) {
-    let s = signer();
     let key = ApiKeyRow {
         id: "key_1".into(),
         tenant: "default".into(),
@@ -415,7 +405,7 @@ async fn api_keys_and_key_ring(store: &Store) {
         events: vec![event(Action::ApiKeyCreate, "key_1")],
         events_if_affected: vec![],
     };
-    store.commit(&[job], &s).await.unwrap();
+    commit(store, &[job]).await.unwrap();
     assert_eq!(store.get_api_key("key_1").await.unwrap(), Some(key.clone()));
     assert_eq!(
         store.list_api_keys("default").await.unwrap(),
@@ -436,14 +426,11 @@ async fn api_keys_and_key_ring(store: &Store) {
         events_if_affected: vec![],
     };
     assert_eq!(
-        store
-            .commit(std::slice::from_ref(&revoke), &s)
-            .await
-            .unwrap()[0],
+        commit(store, std::slice::from_ref(&revoke)).await.unwrap()[0],
         Ok(vec![OpOutput::Affected(1)])
     );
     assert_eq!(
-        store.commit(&[revoke], &s).await.unwrap()[0],
+        commit(store, &[revoke]).await.unwrap()[0],
         Ok(vec![OpOutput::Affected(0)])
     );
     assert_eq!(
@@ -483,12 +470,13 @@ async fn group_commit_under_concurrency(store: &Store) {
 conformance!(group_commit, group_commit_under_concurrency);
 
 async fn tampering_is_detected(store: &Store) {
-    let s = signer();
     for i in 0..5 {
-        store
-            .commit(&[insert_job(token_row(&format!("tok_{i}"), i, false))], &s)
-            .await
-            .unwrap();
+        commit(
+            store,
+            &[insert_job(token_row(&format!("tok_{i}"), i, false))],
+        )
+        .await
+        .unwrap();
     }
     assert_eq!(verify(store).await, 5);
     store

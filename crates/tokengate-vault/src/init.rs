@@ -138,7 +138,7 @@ pub async fn init(opts: &InitOptions) -> Result<InitOutput, VaultError> {
     ev.tenant = Ident::new("default");
     job.events.push(ev);
     store
-        .commit(&[job], &RingSigner(ring.clone()))
+        .commit(vec![job], Arc::new(RingSigner(ring.clone())))
         .await?
         .into_iter()
         .next()
