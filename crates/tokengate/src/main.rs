@@ -2,7 +2,8 @@
 //! everything it does lives in library crates that tests reach directly.
 //!
 //! Exit codes: 0 success; 1 failure (including `audit verify` finding
-//! tampering); 2 usage error (clap); 64 invalid configuration.
+//! tampering, and `scan` finding card numbers); 2 usage error (clap, or a
+//! `scan` error); 64 invalid configuration.
 
 #![forbid(unsafe_code)]
 // The CLI's job is to print to the terminal.
@@ -58,6 +59,8 @@ enum Cmd {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Find card numbers in files, folders, archives, logs and databases (exit 0 none, 1 found, 2 error).
+    Scan(tokengate_scan::ScanArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -74,6 +77,11 @@ enum AuditCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tokengate_server::logging::install_panic_hook();
+    // The scanner runs on plain threads (and its own runtime for
+    // `--database`), so it starts before ours is built.
+    if let Cmd::Scan(args) = cli.cmd {
+        return tokengate_scan::run_cli_exit(args);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -120,6 +128,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Audit {
             cmd: AuditCmd::Verify { data_dir, json },
         } => audit_verify(data_dir, json).await,
+        // Handled in `main` before the runtime starts.
+        Cmd::Scan(_) => Ok(ExitCode::from(2)),
         Cmd::Openapi => {
             println!("{}", tokengate_server::openapi::json());
             Ok(ExitCode::SUCCESS)

@@ -217,3 +217,33 @@ fn openapi_document_in_docs_is_current() {
         "docs/openapi.json is stale: run `cargo run -- openapi > docs/openapi.json`"
     );
 }
+
+#[test]
+fn scan_is_wired_into_the_binary() {
+    let dir = test_dir("cli-scan-");
+    std::fs::write(
+        dir.join("app.log"),
+        "GET /pay?card=4000 0566 5566 5556 200\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("clean.log"), "order 1234567812345678 shipped\n").unwrap();
+    let out = bin()
+        .args(["scan", "--json", "--include-test-cards"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let finding: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(finding["brand"], "visa");
+    assert!(finding["path"].as_str().unwrap().ends_with("app.log"));
+    assert!(!text.contains("4000 0566 5566 5556") && !text.contains("4000056655665556"));
+    std::fs::remove_file(dir.join("app.log")).unwrap();
+    let out = bin().arg("scan").arg(&dir).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+}
