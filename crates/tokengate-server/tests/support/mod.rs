@@ -32,6 +32,7 @@ pub fn test_dir() -> PathBuf {
     }
 }
 
+#[derive(Debug)]
 pub struct Harness {
     pub running: Option<Running>,
     pub data_dir: PathBuf,

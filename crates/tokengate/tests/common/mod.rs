@@ -51,6 +51,7 @@ pub fn init(data_dir: &Path) -> String {
     v["admin_api_key"].as_str().unwrap().to_owned()
 }
 
+#[derive(Debug)]
 pub struct Server {
     pub child: Child,
     pub base: String,
