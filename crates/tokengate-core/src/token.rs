@@ -1,7 +1,11 @@
 //! Tokens: the surrogate values that stand for a PAN.
 //!
 //! Two formats:
-//! - `opaque`: `tok_` + 32 lower-case base32 characters = 160 random bits.
+//! - `opaque`: `tok_` + 40 base32 characters = a 48-bit millisecond
+//!   timestamp followed by 152 random bits. The time prefix makes new tokens
+//!   sort after old ones, so index inserts append instead of scattering
+//!   across the B-tree (the same reason UUIDv7 exists); it reveals only when
+//!   the token was created, which the metadata shows anyway.
 //! - `bin6_last4`: as long as the PAN, keeps its first six and last four
 //!   digits, random digits between, and a check digit that fails Luhn on
 //!   purpose so that a token can never be mistaken for (or charged as) a card.
@@ -36,10 +40,13 @@ impl TokenFormat {
     }
 }
 
-/// Random bytes an opaque token needs.
-pub const OPAQUE_RANDOM_BYTES: usize = 20;
+/// Random bytes an opaque token needs (152 bits).
+pub const OPAQUE_RANDOM_BYTES: usize = 19;
 const OPAQUE_PREFIX: &str = "tok_";
-const BASE32_LOWER: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+/// Characters after the prefix: (6 time bytes + 19 random bytes) × 8 / 5.
+const OPAQUE_CHARS: usize = 40;
+/// Base32 in ASCII order, so that string order equals numeric order.
+const BASE32_ORDERED: &[u8; 32] = b"234567abcdefghijklmnopqrstuvwxyz";
 
 /// A syntactically valid token. It is not secret: it may appear in logs,
 /// audit records and URLs. Invariant: never a Luhn-valid digit string.
@@ -52,19 +59,20 @@ pub struct Token(String);
 pub struct TokenParseError;
 
 impl Token {
-    /// Build an opaque token from 20 random bytes.
-    pub fn opaque(random: &[u8; OPAQUE_RANDOM_BYTES]) -> Token {
-        let mut s = String::with_capacity(OPAQUE_PREFIX.len() + 32);
+    /// Build an opaque token from the creation time (Unix ms) and 19 random bytes.
+    pub fn opaque(time_ms: u64, random: &[u8; OPAQUE_RANDOM_BYTES]) -> Token {
+        let mut s = String::with_capacity(OPAQUE_PREFIX.len() + OPAQUE_CHARS);
         s.push_str(OPAQUE_PREFIX);
-        // 160 bits = 32 groups of 5 bits.
+        // 200 bits = 40 groups of 5 bits.
+        let time = time_ms.to_be_bytes();
         let mut acc: u64 = 0;
         let mut bits = 0;
-        for &b in random {
+        for &b in time[2..].iter().chain(random.iter()) {
             acc = (acc << 8) | u64::from(b);
             bits += 8;
             while bits >= 5 {
                 bits -= 5;
-                s.push(BASE32_LOWER[((acc >> bits) & 31) as usize] as char);
+                s.push(BASE32_ORDERED[((acc >> bits) & 31) as usize] as char);
             }
         }
         Token(s)
@@ -96,7 +104,7 @@ impl Token {
     /// Parse a token received from a caller.
     pub fn parse(s: &str) -> Result<Token, TokenParseError> {
         if let Some(rest) = s.strip_prefix(OPAQUE_PREFIX) {
-            if rest.len() == 32 && rest.bytes().all(|b| BASE32_LOWER.contains(&b)) {
+            if rest.len() == OPAQUE_CHARS && rest.bytes().all(|b| BASE32_ORDERED.contains(&b)) {
                 return Ok(Token(s.to_owned()));
             }
             return Err(TokenParseError);
@@ -142,12 +150,36 @@ mod tests {
 
     #[test]
     fn opaque_round_trip() {
-        let t = Token::opaque(&[0xA5; OPAQUE_RANDOM_BYTES]);
-        assert_eq!(t.as_str().len(), 36);
+        let t = Token::opaque(1_800_000_000_000, &[0xA5; OPAQUE_RANDOM_BYTES]);
+        assert_eq!(t.as_str().len(), 44);
         assert_eq!(Token::parse(t.as_str()), Ok(t.clone()));
         assert_eq!(t.format(), TokenFormat::Opaque);
         assert!(Token::parse("tok_short").is_err());
-        assert!(Token::parse("tok_ABCDEFGHIJKLMNOPQRSTUVWXYZ234567").is_err());
+        assert!(Token::parse("tok_ABCDEFGHIJKLMNOPQRSTUVWXYZ234567ABCDEF").is_err());
+    }
+
+    #[test]
+    fn opaque_tokens_sort_by_creation_time() {
+        let mut prev = Token::opaque(0, &[0xFF; OPAQUE_RANDOM_BYTES]);
+        for ms in [
+            1u64,
+            999,
+            1_000,
+            1_763_800_000_000,
+            1_763_800_000_001,
+            (1 << 48) - 1,
+        ] {
+            let t = Token::opaque(ms, &[0; OPAQUE_RANDOM_BYTES]);
+            assert!(t.as_str() > prev.as_str(), "{t} !> {prev}");
+            prev = Token::opaque(ms, &[0xFF; OPAQUE_RANDOM_BYTES]);
+        }
+    }
+
+    #[test]
+    fn opaque_tokens_differ_in_their_random_part() {
+        let a = Token::opaque(5, &[1; OPAQUE_RANDOM_BYTES]);
+        let b = Token::opaque(5, &[2; OPAQUE_RANDOM_BYTES]);
+        assert_ne!(a, b);
     }
 
     #[test]

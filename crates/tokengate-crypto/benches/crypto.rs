@@ -15,7 +15,7 @@ fn bench(c: &mut Criterion) {
         br#"{"number":"4539578763621486","exp_month":12,"exp_year":2030,"name":"A CARDHOLDER"}"#;
     let aad = RecordAad {
         tenant: "default",
-        token: "tok_abcdefghijklmnopqrstuvwxyz234567",
+        token: "tok_6aqe2fcbmdzvwp4kq3r7t2n5xhj6sg4ayb3kfqe7",
     };
 
     c.bench_function("fingerprint_hmac_sha256", |b| {

@@ -46,8 +46,17 @@ pub struct PeerAddr(pub SocketAddr);
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// `req_` + 12 hex digits of Unix ms + 12 random hex digits: sorts by time,
+/// so audit-index inserts append.
 fn new_request_id() -> Ident {
-    let bytes: [u8; 10] = tokengate_crypto::random::bytes().unwrap_or([0; 10]);
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut bytes = [0u8; 12];
+    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    let random: [u8; 6] = tokengate_crypto::random::bytes().unwrap_or([0; 6]);
+    bytes[6..].copy_from_slice(&random);
     let hex = data_encoding::HEXLOWER.encode(&bytes);
     Ident::new(&format!("req_{hex}")).unwrap_or_else(|| Ident::from_static("req_unknown"))
 }

@@ -20,7 +20,7 @@ async fn tokenize_reveal_delete_round_trip() {
             .await;
         assert_eq!(s, 201, "{pan}: {v}");
         let tok = v["token"].as_str().unwrap();
-        assert!(tok.starts_with("tok_") && tok.len() == 36);
+        assert!(tok.starts_with("tok_") && tok.len() == 44);
         assert_eq!(v["card"]["last4"], pan[pan.len() - 4..]);
         assert_eq!(v["card"]["bin"], pan[..6]);
         assert!(
@@ -228,7 +228,7 @@ async fn every_error_path_has_its_code_and_no_5xx() {
     );
     // Unknown token (and a real PAN where a token belongs: never looked up).
     for t in [
-        "tok_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "tok_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
         "4242424242424242",
         "nonsense",
     ] {

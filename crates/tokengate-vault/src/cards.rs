@@ -186,9 +186,10 @@ fn validate(req: &TokenizeRequest) -> Result<ValidCard, VaultError> {
 
 fn new_token(format: TokenFormat, pan: &Pan) -> Result<Token, VaultError> {
     Ok(match format {
-        TokenFormat::Opaque => {
-            Token::opaque(&tokengate_crypto::random::bytes::<OPAQUE_RANDOM_BYTES>()?)
-        }
+        TokenFormat::Opaque => Token::opaque(
+            now_ms().max(0) as u64,
+            &tokengate_crypto::random::bytes::<OPAQUE_RANDOM_BYTES>()?,
+        ),
         TokenFormat::Bin6Last4 => Token::bin6_last4(pan, &tokengate_crypto::random::bytes::<16>()?),
     })
 }
