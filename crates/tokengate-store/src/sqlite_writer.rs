@@ -75,6 +75,39 @@ fn commit_sync(
     jobs: &[Job],
     signer: &dyn HeadSigner,
 ) -> Result<Vec<JobResult>, StoreError> {
+    // Optimistic first: no savepoints. A job that hits a uniqueness conflict
+    // aborts this attempt and the batch is redone with a savepoint per job,
+    // so that only the conflicting job is rolled back.
+    match commit_attempt(conn, jobs, signer, false) {
+        Ok(r) => Ok(r),
+        Err(Retry::Fail(e)) => Err(e),
+        Err(Retry::WithSavepoints) => match commit_attempt(conn, jobs, signer, true) {
+            Ok(r) => Ok(r),
+            Err(Retry::Fail(e)) => Err(e),
+            Err(Retry::WithSavepoints) => {
+                Err(StoreError::Database("conflict outside a savepoint".into()))
+            }
+        },
+    }
+}
+
+enum Retry {
+    WithSavepoints,
+    Fail(StoreError),
+}
+
+impl From<StoreError> for Retry {
+    fn from(e: StoreError) -> Self {
+        Retry::Fail(e)
+    }
+}
+
+fn commit_attempt(
+    conn: &mut Connection,
+    jobs: &[Job],
+    signer: &dyn HeadSigner,
+    savepoints: bool,
+) -> Result<Vec<JobResult>, Retry> {
     let mut tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
@@ -94,9 +127,18 @@ fn commit_sync(
     };
     let start_seq = seq;
     let mut results = Vec::with_capacity(jobs.len());
+    // Savepoints by cached statements on the transaction's connection.
+    let sp = |sql: &str| -> Result<(), StoreError> {
+        tx.prepare_cached(sql)
+            .and_then(|mut st| st.execute([]))
+            .map(|_| ())
+            .map_err(db_err)
+    };
     for job in jobs {
-        let mut sp = tx.savepoint().map_err(db_err)?;
-        match apply_ops(&sp, &job.ops) {
+        if savepoints {
+            sp("SAVEPOINT job")?;
+        }
+        let outcome = match apply_ops(&tx, &job.ops) {
             Ok(outputs) => {
                 let conditional = job
                     .events_if_affected
@@ -105,20 +147,32 @@ fn commit_sync(
                     .map(|(_, e)| e);
                 for event in job.events.iter().chain(conditional) {
                     let rec = link(seq, prev, event);
-                    insert_audit(&sp, &rec, event)
+                    insert_audit(&tx, &rec, event)
                         .map_err(|e| StoreError::AuditWrite(e.to_string()))?;
                     seq = rec.seq;
                     prev = rec.hash;
                 }
-                sp.commit().map_err(db_err)?;
+                Ok(outputs)
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(outputs) => {
+                if savepoints {
+                    sp("RELEASE SAVEPOINT job")?;
+                }
                 results.push(Ok(outputs));
             }
             Err(e) if is_unique(&e) => {
-                sp.rollback().map_err(db_err)?;
-                sp.commit().map_err(db_err)?;
+                if !savepoints {
+                    // Dropping `tx` rolls this attempt back.
+                    return Err(Retry::WithSavepoints);
+                }
+                sp("ROLLBACK TO SAVEPOINT job")?;
+                sp("RELEASE SAVEPOINT job")?;
                 results.push(Err(JobError::Conflict));
             }
-            Err(e) => return Err(db_err(e)),
+            Err(e) => return Err(Retry::Fail(db_err(e))),
         }
     }
     if seq != start_seq {
