@@ -39,8 +39,10 @@ impl<'a> MakeWriter<'a> for RedactingStderr {
 
 /// Install the global subscriber. Level from `TOKENGATE_LOG` (default `info`).
 pub fn init(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_env("TOKENGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // rustls warns once per connection about clients that send an IP
+    // address as SNI (curl, wrk): noise at the default level.
+    let filter = EnvFilter::try_from_env("TOKENGATE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,rustls=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(RedactingStderr)
