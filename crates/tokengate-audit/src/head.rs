@@ -12,7 +12,7 @@ use crate::chain::ChainHash;
 pub struct SignedHead {
     pub seq: u64,
     pub hash: ChainHash,
-    /// Ed25519 over [`SignedHead::message`].
+    /// Ed25519 over `"tokengate-audit-head-v1" ‖ seq ‖ hash`.
     pub signature: Vec<u8>,
 }
 

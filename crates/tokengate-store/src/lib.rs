@@ -1,10 +1,13 @@
 //! Persistence for tokengate.
 //!
-//! One [`Store`] implementation runs on both backends through sqlx's `Any`
-//! driver: SQLite (embedded default: WAL, `synchronous=FULL`,
-//! `secure_delete=ON`) and PostgreSQL (many stateless nodes). They differ only
-//! in DDL and in how the audit chain head is locked; [`tests/conformance.rs`]
-//! runs the same suite against both.
+//! One [`Store`] over two backends: SQLite (embedded default: WAL,
+//! `synchronous=FULL`, `secure_delete=ON`) and PostgreSQL (many stateless
+//! nodes). Schema, migrations and reads go through sqlx's `Any` driver for
+//! both. Writes differ: PostgreSQL commits through sqlx with multi-row
+//! inserts; SQLite commits a whole batch inside one blocking thread on a
+//! dedicated connection (`sqlite_writer`), because a sqlx round trip per
+//! statement cost more than the statements. `tests/conformance.rs` runs one
+//! suite against both.
 //!
 //! Writes go through [`Store::commit`] as a batch of [`Job`]s in one
 //! transaction: the records and their audit events commit together or not at
