@@ -247,3 +247,52 @@ fn scan_is_wired_into_the_binary() {
     let out = bin().arg("scan").arg(&dir).output().unwrap();
     assert_eq!(out.status.code(), Some(0));
 }
+
+#[test]
+fn json_logs_are_one_json_object_per_line() {
+    let base = test_dir("cli-jsonlog-");
+    let dir = base.join("data");
+    let admin = init(&dir);
+    let log = base.join("server.log");
+    let mut server = Server::start(
+        &dir,
+        &log,
+        &[
+            ("TOKENGATE_LOG_FORMAT", "json"),
+            ("TOKENGATE_LOG", "debug,hyper=info,h2=info,rustls=info"),
+        ],
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = client();
+        let k = new_key(&c, &server.base, &admin, &["tokenize"]).await;
+        let r = c
+            .post(format!("{}/v1/tokens", server.base))
+            .bearer_auth(&k)
+            .json(
+                &json!({"card": {"number": "4242424242424241", "exp_month": 1, "exp_year": 2031}}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422);
+    });
+    server.terminate();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut lines = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+        lines += 1;
+    }
+    assert!(lines >= 3, "expected request logs, got {lines} lines");
+    assert!(
+        text.contains("\"route\":\"/v1/tokens\""),
+        "request log line missing"
+    );
+    assert!(!text.contains("4242424242424241"));
+}
