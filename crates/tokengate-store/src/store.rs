@@ -603,7 +603,7 @@ impl Store {
         for i in individual {
             let job = &jobs[i];
             conn.execute("SAVEPOINT job").await?;
-            match apply_ops(conn, &job.ops).await {
+            match apply_ops(self.backend, conn, &job.ops).await {
                 Ok(outputs) => {
                     let conditional = job
                         .events_if_affected
@@ -812,48 +812,21 @@ async fn insert_audit(
     Ok(())
 }
 
-async fn apply_ops(conn: &mut AnyConnection, ops: &[Op]) -> Result<Vec<OpOutput>, OpFailure> {
+async fn apply_ops(
+    backend: Backend,
+    conn: &mut AnyConnection,
+    ops: &[Op],
+) -> Result<Vec<OpOutput>, OpFailure> {
     let mut out = Vec::with_capacity(ops.len());
     for op in ops {
         let o = match op {
             Op::InsertToken(t) => {
-                let r = sqlx::query(
-                    "INSERT INTO tokens (tenant, token, format, deterministic, fingerprint, fp_version, kek_version, \
-                     wrapped_dek, ciphertext, brand, bin, last4, exp_month, exp_year, metadata, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-                )
-                .bind(t.tenant.as_str())
-                .bind(t.token.as_str())
-                .bind(t.format.as_str())
-                .bind(i64::from(t.deterministic))
-                .bind(t.fingerprint.clone())
-                .bind(i64::from(t.fp_version))
-                .bind(i64::from(t.kek_version))
-                .bind(t.wrapped_dek.clone())
-                .bind(t.ciphertext.clone())
-                .bind(t.brand.as_str())
-                .bind(t.bin.as_str())
-                .bind(t.last4.as_str())
-                .bind(i64::from(t.exp_month))
-                .bind(i64::from(t.exp_year))
-                .bind(t.metadata.clone())
-                .bind(t.created_at)
-                .execute(&mut *conn)
-                .await?;
-                OpOutput::Affected(r.rows_affected())
+                insert_tokens(backend, conn, &[t]).await?;
+                OpOutput::Affected(1)
             }
             Op::InsertCvc(c) => {
-                let r = sqlx::query(
-                    "INSERT INTO cvcs (tenant, token, key_version, ciphertext, expires_at) VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(c.tenant.as_str())
-                .bind(c.token.as_str())
-                .bind(i64::from(c.key_version))
-                .bind(c.ciphertext.clone())
-                .bind(c.expires_at)
-                .execute(&mut *conn)
-                .await?;
-                OpOutput::Affected(r.rows_affected())
+                insert_cvcs(backend, conn, &[c]).await?;
+                OpOutput::Affected(1)
             }
             Op::DeleteToken { tenant, token } => {
                 sqlx::query("DELETE FROM cvcs WHERE tenant = $1 AND token = $2")

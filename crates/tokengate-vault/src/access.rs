@@ -147,6 +147,23 @@ pub(crate) fn event(
 }
 
 impl Vault {
+    /// Commit audit events that change no data (a read, a refusal). Fails
+    /// closed: when they cannot be written the caller must refuse the
+    /// operation with `audit_unavailable`.
+    pub(crate) async fn record(&self, events: Vec<AuditEvent>) -> Result<(), VaultError> {
+        match self
+            .committer
+            .submit(Job {
+                events,
+                ..Job::default()
+            })
+            .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(VaultError::AuditUnavailable),
+        }
+    }
+
     fn key_hash(&self, version: u32, presented: &str) -> Result<[u8; 32], VaultError> {
         Ok(self.ring.hmac(
             KeyPurpose::ApiKey,
@@ -223,13 +240,7 @@ impl Vault {
             None,
             &meta,
         );
-        self.committer
-            .submit(Job {
-                events: vec![ev],
-                ..Job::default()
-            })
-            .await?
-            .map_err(|_| VaultError::AuditUnavailable)?;
+        self.record(vec![ev]).await?;
         Err(VaultError::Unauthenticated)
     }
 
@@ -255,13 +266,7 @@ impl Vault {
             action.as_str(),
             role.as_str()
         )));
-        self.committer
-            .submit(Job {
-                events: vec![ev],
-                ..Job::default()
-            })
-            .await?
-            .map_err(|_| VaultError::AuditUnavailable)?;
+        self.record(vec![ev]).await?;
         Err(VaultError::Forbidden {
             required: role.as_str(),
         })

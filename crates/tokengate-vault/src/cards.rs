@@ -225,16 +225,9 @@ impl Vault {
         err: VaultError,
     ) -> VaultError {
         let ev = self.token_event(caller, action, Outcome::failure(err.code()), token);
-        match self
-            .committer
-            .submit(Job {
-                events: vec![ev],
-                ..Job::default()
-            })
-            .await
-        {
-            Ok(Ok(_)) => err,
-            _ => VaultError::AuditUnavailable,
+        match self.record(vec![ev]).await {
+            Ok(()) => err,
+            Err(_) => VaultError::AuditUnavailable,
         }
     }
 
@@ -470,13 +463,7 @@ impl Vault {
             Outcome::Success,
             Some(&row.token),
         );
-        self.committer
-            .submit(Job {
-                events: vec![ev],
-                ..Job::default()
-            })
-            .await?
-            .map_err(|e| VaultError::Internal(e.to_string()))?;
+        self.record(vec![ev]).await?;
         Ok(TokenInfo::from(&row))
     }
 
@@ -658,13 +645,7 @@ impl Vault {
         }
         let mut ev = self.token_event(caller, Action::TokenSearch, Outcome::Success, None);
         ev.detail = Some(SafeText::new(&format!("results={}", found.len())));
-        self.committer
-            .submit(Job {
-                events: vec![ev],
-                ..Job::default()
-            })
-            .await?
-            .map_err(|e| VaultError::Internal(e.to_string()))?;
+        self.record(vec![ev]).await?;
         Ok(found.iter().map(TokenInfo::from).collect())
     }
 }
