@@ -472,7 +472,7 @@ impl Store {
 
     /// Run raw SQL. For tests that simulate failures and tampering (e.g. a
     /// trigger that makes audit writes fail); never used by the product.
-    #[doc(hidden)]
+    #[cfg(feature = "test-support")]
     pub async fn execute_raw_for_tests(&self, sql: &str) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await?;
         conn.execute(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())))
