@@ -73,7 +73,7 @@ pub struct CardBody {
 #[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FormatBody {
-    /// `tok_` + 160 random bits.
+    /// `tok_` + 40 characters: creation time (ms), then 152 random bits.
     #[default]
     Opaque,
     /// Same length as the card, first six and last four digits kept, fails Luhn.
