@@ -131,6 +131,14 @@ mod tests {
     }
 
     #[test]
+    fn wildcard_needs_a_non_empty_label_and_parent() {
+        // Host::parse refuses these names; dns_covers must not rely on it.
+        assert!(!dns_covers("*.example.com", ".example.com"));
+        assert!(!dns_covers("*.", "a."));
+        assert!(dns_covers("*.example.com", "a.example.com"));
+    }
+
+    #[test]
     fn exact_names_and_partial_wildcards() {
         assert!(covers(&[dns("example.com")], "EXAMPLE.com").unwrap());
         assert!(!covers(&[dns("example.com")], "www.example.com").unwrap());

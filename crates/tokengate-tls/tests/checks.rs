@@ -631,3 +631,37 @@ fn trust_roots_accept_der_certificates() {
     ));
     assert!(roots.add_der_certificate(b"junk").is_err());
 }
+
+#[test]
+fn issuer_is_chosen_by_signature_not_just_by_name() {
+    let c = chain();
+    let roots = roots_of(&c.root);
+    // Same name as the real intermediate, different key, also issued by the root.
+    let impostor = intermediate("Test Intermediate CA", &c.root);
+    let pem = bundle(&[&impostor.cert, &c.leaf.cert, &c.inter.cert]);
+    let checked = check(
+        &pem,
+        &c.leaf.key.serialize_pem(),
+        &CheckOptions::new(now(), &roots),
+    )
+    .unwrap();
+    let got: Vec<&[u8]> = checked.chain.iter().map(|d| d.as_ref()).collect();
+    assert_eq!(
+        got,
+        vec![c.leaf.cert.der().as_ref(), c.inter.cert.der().as_ref()]
+    );
+
+    // With only the impostor, the real issuer is missing.
+    let pem = bundle(&[&c.leaf.cert, &impostor.cert]);
+    let err = check(
+        &pem,
+        &c.leaf.key.serialize_pem(),
+        &CheckOptions::new(now(), &roots),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        matches!(&err, CertError::ChainIncomplete { cn, .. } if cn == "shop.example.com"),
+        "{err:?}"
+    );
+}
