@@ -12,7 +12,8 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 use tokengate_tls::{
-    CertError, CheckOptions, KeyType, PemProblem, SubjectAltName, TrustRoots, check_certificate,
+    CertError, CheckOptions, KeyFormat, KeyType, PemProblem, SubjectAltName, TrustRoots,
+    check_certificate,
 };
 
 struct Ca {
@@ -594,20 +595,73 @@ fn debug_never_prints_the_private_key() {
         &CheckOptions::new(now(), &roots),
     )
     .unwrap();
-    let debug = format!("{checked:?}");
-    assert!(debug.contains("[REDACTED]"), "{debug}");
     let secret = checked.key.secret_der();
     let secret_bytes: &[u8] = secret.secret_der();
     assert_eq!(secret_bytes, c.leaf.key.serialized_der());
-    assert!(!debug.contains(&format!("{secret_bytes:?}")));
-    let alt = format!("{:#?}", checked.key);
-    assert!(
-        !alt.contains(
-            &format!("{:?}", &secret_bytes[..8])
-                .trim_end_matches(']')
-                .to_owned()
-        )
-    );
+
+    for debug in [
+        format!("{checked:?}"),
+        format!("{checked:#?}"),
+        format!("{:?}", checked.key),
+    ] {
+        assert!(debug.contains("[REDACTED]"), "{debug}");
+        // Neither the bytes as Rust prints a slice nor any run of them.
+        assert!(!debug.contains(&format!("{secret_bytes:?}")));
+        let first_bytes = format!("{:?}", &secret_bytes[..6]);
+        assert!(
+            !debug.contains(first_bytes.trim_end_matches(']')),
+            "{debug}"
+        );
+    }
+}
+
+#[test]
+fn older_key_encodings_load() {
+    let checked = check(
+        &format!("{}{}", fixture("modern-leaf.crt"), fixture("sha1-root.crt")),
+        &fixture("modern-leaf.sec1.key"),
+        &CheckOptions::new(now(), &TrustRoots::new()),
+    )
+    .unwrap();
+    assert_eq!(checked.key.format(), KeyFormat::Sec1);
+    assert!(!checked.info.trusted);
+
+    // The PKCS#1 key loads and matches: the check goes on to the signature.
+    let err = check(
+        &fixture("sha1.crt"),
+        &fixture("sha1.pkcs1.key"),
+        &CheckOptions::new(now(), &TrustRoots::new()),
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(err, CertError::WeakSignature { .. }), "{err:?}");
+}
+
+fn local(roots: &TrustRoots) -> CheckOptions<'_> {
+    CheckOptions::new(now(), roots)
+        .domain("localhost")
+        .domain("127.0.0.1")
+}
+
+#[test]
+fn self_signed_leaf_is_trusted_only_when_it_is_a_root() {
+    let key = KeyPair::generate_for(&PKCS_ED25519).unwrap();
+    let mut params =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let cert = params.self_signed(&key).unwrap();
+    let pem = cert.pem();
+    let key_pem = key.serialize_pem();
+
+    let untrusted = check(&pem, &key_pem, &local(&TrustRoots::new())).unwrap();
+    assert!(!untrusted.info.trusted);
+    assert_eq!(untrusted.chain.len(), 1);
+    assert_eq!(untrusted.info.issuer, "CN=localhost");
+
+    let roots = TrustRoots::from_pem(pem.as_bytes()).unwrap();
+    assert!(check(&pem, &key_pem, &local(&roots)).unwrap().info.trusted);
 }
 
 #[test]
