@@ -6,6 +6,13 @@
 //! bundle (any order) → broken signature hashes → domains. The first failing
 //! check is returned. Trust is not a check: it is the `trusted` flag.
 //!
+//! "Chain incomplete" means the leaf's issuer is neither in the bundle nor
+//! among the trust roots: the classic missing intermediate. When the bundle
+//! does hold an issuer of the leaf but the top of the chain is issued by an
+//! unknown CA, that is not an error: a private or unlisted root cannot be
+//! told apart from a missing second intermediate, and issue 3 allows chains
+//! that do not reach the roots (`trusted: false`).
+//!
 //! Not checked (yet): validity of intermediates, name constraints, key usage
 //! and extended key usage, revocation.
 
@@ -379,6 +386,11 @@ pub fn check_certificate(
                 order.push(i);
             }
             None if anchored(current, options.roots) => break,
+            // An intermediate from the bundle whose issuer is unknown: it may
+            // be a private root or one missing from the given roots, which
+            // is allowed (`trusted: false`); the bundle is served as far as
+            // it goes.
+            None if order.len() > 1 => break,
             None => {
                 return Err(CertError::ChainIncomplete {
                     cn: display_name(current),

@@ -188,12 +188,12 @@ pub enum CertError {
         not_before: String,
     },
 
-    /// The issuer of a certificate is neither in the bundle nor a trust root.
+    /// The leaf's issuer is neither in the bundle nor a trust root.
     #[error(
-        "certificate \"{cn}\": chain incomplete, its issuer \"{issuer}\" is missing; append the intermediate certificate(s) from your certificate authority to the bundle"
+        "certificate \"{cn}\": chain incomplete, its issuer \"{issuer}\" is missing; append the intermediate certificate(s) from your certificate authority to the bundle (for a private CA without intermediates, append its root)"
     )]
     ChainIncomplete {
-        /// Subject CN (or subject) of the certificate whose issuer is missing.
+        /// Subject CN (or subject) of the leaf.
         cn: String,
         /// The missing issuer's distinguished name.
         issuer: String,
