@@ -730,3 +730,35 @@ fn issuer_is_chosen_by_signature_not_just_by_name() {
         "{err:?}"
     );
 }
+
+/// The content octets of a DER SEQUENCE (what webpki-roots stores).
+fn strip_sequence_header(der: &[u8]) -> &[u8] {
+    assert_eq!(der[0], 0x30);
+    let first = usize::from(der[1]);
+    let header = if first < 0x80 { 2 } else { 2 + (first & 0x7f) };
+    &der[header..]
+}
+
+#[test]
+fn trust_anchors_in_webpki_form_are_accepted() {
+    use rustls::pki_types::{Der, TrustAnchor};
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    let c = chain();
+    let (_, root) = X509Certificate::from_der(c.root.cert.der()).unwrap();
+    let anchor = TrustAnchor {
+        subject: Der::from_slice(strip_sequence_header(root.subject().as_raw())),
+        subject_public_key_info: Der::from_slice(strip_sequence_header(root.public_key().raw)),
+        name_constraints: None,
+    };
+    let mut roots = TrustRoots::new();
+    roots.add_trust_anchor(&anchor);
+    let pem = bundle(&[&c.leaf.cert, &c.inter.cert]);
+    let checked = check(
+        &pem,
+        &c.leaf.key.serialize_pem(),
+        &CheckOptions::new(now(), &roots),
+    )
+    .unwrap();
+    assert!(checked.info.trusted);
+}
