@@ -120,7 +120,8 @@ pub struct CheckedCertificate {
     /// Details of the leaf.
     pub info: CertInfo,
     /// The chain as it should be served: leaf first, then each issuer, up
-    /// to (and including, when the bundle held it) the root.
+    /// to (and including, when the bundle held it) the root. Certificates
+    /// of the bundle that are not on this chain are left out.
     pub chain: Vec<CertificateDer<'static>>,
     /// The private key of the leaf.
     pub key: PrivateKey,
