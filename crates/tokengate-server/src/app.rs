@@ -49,10 +49,7 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// `req_` + 12 hex digits of Unix ms + 12 random hex digits: sorts by time,
 /// so audit-index inserts append.
 fn new_request_id() -> Ident {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let ms = tokengate_vault::clock::now_ms().max(0) as u64;
     let mut bytes = [0u8; 12];
     bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
     let random: [u8; 6] = tokengate_crypto::random::bytes().unwrap_or([0; 6]);

@@ -108,7 +108,8 @@ fn commit_attempt(
     signer: &dyn HeadSigner,
     savepoints: bool,
 ) -> Result<Vec<JobResult>, Retry> {
-    let mut tx = conn
+    // Dropping `tx` without `commit` rolls back (rusqlite default).
+    let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
     let head: Option<(i64, Vec<u8>)> = tx
@@ -184,7 +185,6 @@ fn commit_attempt(
         .and_then(|mut st| st.execute(params![seq as i64, prev.as_slice(), sig]))
         .map_err(|e| StoreError::AuditWrite(e.to_string()))?;
     }
-    tx.set_drop_behavior(rusqlite::DropBehavior::Rollback);
     tx.commit()
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
     Ok(results)

@@ -48,14 +48,7 @@ fn hash32(v: Vec<u8>) -> Result<ChainHash, StoreError> {
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(db) => {
-            db.is_unique_violation()
-                // SQLite through `Any` reports constraint failures by message.
-                || db.message().contains("UNIQUE constraint failed")
-        }
-        _ => false,
-    }
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 const TOKEN_COLUMNS: &str = "t.tenant, t.token, t.format, t.deterministic, t.fingerprint, t.fp_version, \
@@ -83,6 +76,17 @@ fn token_row(r: &AnyRow, has_cvc: bool) -> Result<TokenRow, StoreError> {
         metadata: r.try_get(14)?,
         created_at: r.try_get(15)?,
         has_cvc,
+    })
+}
+
+/// An `audit_events` row selected as `seq, event_json, prev_hash, hash`.
+fn stored_event(r: &AnyRow) -> Result<StoredEvent, StoreError> {
+    Ok(StoredEvent {
+        seq: u64::try_from(r.try_get::<i64, _>(0)?)
+            .map_err(|_| StoreError::Corrupt("seq".into()))?,
+        event_json: r.try_get(1)?,
+        prev_hash: hash32(r.try_get(2)?)?,
+        hash: hash32(r.try_get(3)?)?,
     })
 }
 
@@ -415,17 +419,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredEvent {
-                    seq: u64::try_from(r.try_get::<i64, _>(0)?)
-                        .map_err(|_| StoreError::Corrupt("seq".into()))?,
-                    event_json: r.try_get(1)?,
-                    prev_hash: hash32(r.try_get(2)?)?,
-                    hash: hash32(r.try_get(3)?)?,
-                })
-            })
-            .collect()
+        rows.iter().map(stored_event).collect()
     }
 
     /// Audit records about `token` or carrying `request_id` (incident response).
@@ -442,17 +436,7 @@ impl Store {
         .bind(request_id.map(str::to_owned))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredEvent {
-                    seq: u64::try_from(r.try_get::<i64, _>(0)?)
-                        .map_err(|_| StoreError::Corrupt("seq".into()))?,
-                    event_json: r.try_get(1)?,
-                    prev_hash: hash32(r.try_get(2)?)?,
-                    hash: hash32(r.try_get(3)?)?,
-                })
-            })
-            .collect()
+        rows.iter().map(stored_event).collect()
     }
 
     pub async fn audit_head(&self) -> Result<Option<SignedHead>, StoreError> {
