@@ -277,6 +277,7 @@ fn apply_ops(conn: &Connection, ops: &[Op]) -> rusqlite::Result<Vec<OpOutput>> {
                 )?
                 .execute(params![key, value])? as u64,
             ),
+            Op::Tls(op) => crate::tls::apply_sqlite(conn, op)?,
         };
         out.push(o);
     }
