@@ -100,10 +100,7 @@ mod tests {
         let secret = b"-- private key der --";
         let sealed = seal_private_key(&ring, a, secret).unwrap();
         assert!(
-            !sealed
-                .ciphertext
-                .windows(secret.len())
-                .any(|w| w == secret),
+            !sealed.ciphertext.windows(secret.len()).any(|w| w == secret),
             "no plaintext in the ciphertext"
         );
         assert_eq!(

@@ -12,6 +12,7 @@
 
 pub mod access;
 pub mod cards;
+pub mod certs;
 pub mod clock;
 pub mod error;
 pub mod init;
@@ -20,6 +21,10 @@ pub mod sweeper;
 
 pub use access::{ApiKeyInfo, Caller, NewApiKey, RequestMeta, Role};
 pub use cards::{CardInput, RevealedCard, TokenInfo, TokenizeOutcome, TokenizeRequest};
+pub use certs::{
+    CertActor, CertExpiry, CertSource, CertificateView, DomainView, LoadedResolver, NewCertificate,
+    RemovedCertificate, load_trust_roots,
+};
 pub use error::VaultError;
 pub use init::{InitOptions, InitOutput, init};
 pub use open::{DataDir, Vault, VaultConfig, is_fresh, verify_store};

@@ -145,7 +145,7 @@ fn print_init(out: &tokengate_vault::InitOutput) {
         out.root_key_file
     );
     println!(
-        "  TLS certificate:  {} (self-signed for localhost)",
+        "  TLS certificate:  {:?} in the certificate store (self-signed for localhost; see `tokengate certs`)",
         out.tls_certificate
     );
     println!("  audit public key: {}", out.audit_public_key);
