@@ -2,8 +2,9 @@
 //! everything it does lives in library crates that tests reach directly.
 //!
 //! Exit codes: 0 success; 1 failure (including `audit verify` finding
-//! tampering, and `scan` finding card numbers); 2 usage error (clap, or a
-//! `scan` error); 64 invalid configuration.
+//! tampering, `scan` finding card numbers, and every refused `certs` /
+//! `domains` change, reported as `error[code]: message`); 2 usage error
+//! (clap, or a `scan` error); 64 invalid configuration.
 
 #![forbid(unsafe_code)]
 // The CLI's job is to print to the terminal.
@@ -12,6 +13,8 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+mod certs;
 
 use clap::{Parser, Subcommand};
 use tokengate_server::config::{Config, ProcessEnv};
@@ -52,6 +55,10 @@ enum Cmd {
         #[arg(long)]
         dev: bool,
     },
+    /// TLS certificates: list (no subcommand), add, info, update, remove.
+    Certs(certs::CertsArgs),
+    /// Domains and the certificate each is served with: list, add, update, remove.
+    Domains(certs::DomainsArgs),
     /// Audit trail commands.
     Audit {
         #[command(subcommand)]
@@ -125,6 +132,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             dev,
         } => serve(data_dir, listen, config, dev).await,
+        Cmd::Certs(args) => Ok(certs::run_certs(args).await),
+        Cmd::Domains(args) => Ok(certs::run_domains(args).await),
         Cmd::Audit {
             cmd: AuditCmd::Verify { data_dir, json },
         } => audit_verify(data_dir, json).await,
