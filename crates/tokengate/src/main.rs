@@ -192,6 +192,9 @@ async fn serve(
         print_init(&out);
     }
     let running = tokengate_server::run::start(&cfg).await?;
+    if let Some(http) = running.http_addr {
+        println!("tokengate redirecting http://{http} to HTTPS");
+    }
     println!("tokengate listening on https://{}", running.addr);
     let _ = std::io::stdout().flush();
     tracing::info!(addr = %running.addr, data_dir = %cfg.data_dir.display(), "serving");
