@@ -15,8 +15,10 @@
 //!
 //! It does no I/O: bytes and the current time come in, results go out. The
 //! certificate store itself (database rows, private keys sealed under the
-//! vault's key ring) is in `tokengate-vault`; reload polling is in
-//! `tokengate-server`. ACME is not built yet.
+//! vault's key ring) is in `tokengate-vault` and reload polling in
+//! `tokengate-server`, unlike the starting layout in ARCHITECTURE.md: both
+//! need the store and the key ring, which this crate must not depend on to
+//! stay free of I/O. ACME is not built yet.
 //!
 //! Private keys are held in [`PrivateKey`], which zeroizes its bytes on drop
 //! and never prints them. Signatures are verified with aws-lc-rs (through
