@@ -202,6 +202,49 @@ pub enum TlsOp {
     },
     /// Output: rows affected.
     DeleteDomain { domain: String },
+    /// Insert or replace the ACME state of a domain.
+    PutAcmeDomain(AcmeDomainRow),
+    /// Output: rows affected.
+    DeleteAcmeDomain { domain: String },
+    /// Insert or replace an HTTP-01 answer.
+    PutAcmeChallenge {
+        token: String,
+        key_authorization: String,
+        expires_at: i64,
+    },
+    /// Deletes the answer `token`, and every answer expired at `now`.
+    DeleteAcmeChallenge { token: String, now: i64 },
+    /// Fails the job with [`JobError::Conflict`] if the directory has an account.
+    InsertAcmeAccount(AcmeAccountRow),
+}
+
+/// A domain whose certificate is ordered and renewed by ACME.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcmeDomainRow {
+    pub domain: String,
+    /// `pending` (not issued yet), `valid` (issued; renewed at
+    /// `next_attempt_at`), or `failed` (retried at `next_attempt_at`).
+    pub status: String,
+    /// The certificate issued for it.
+    pub cert_name: Option<String>,
+    pub last_error: Option<String>,
+    /// Unix milliseconds of the next order or renewal.
+    pub next_attempt_at: i64,
+    /// Failed attempts since the last success (for back-off).
+    pub failures: u32,
+    /// Unix milliseconds.
+    pub updated_at: i64,
+}
+
+/// An ACME account: its credentials (which hold its private key) sealed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcmeAccountRow {
+    pub directory_url: String,
+    pub kek_version: u32,
+    pub wrapped_dek: Vec<u8>,
+    pub sealed_credentials: Vec<u8>,
+    /// Unix milliseconds.
+    pub created_at: i64,
 }
 
 /// A page of audit records, as stored.

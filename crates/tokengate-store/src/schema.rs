@@ -66,6 +66,22 @@ pub fn migrations(backend: Backend) -> Vec<(i64, Vec<String>)> {
              created_at {int} NOT NULL, updated_at {int} NOT NULL)"
         ),
         "CREATE INDEX IF NOT EXISTS tls_domains_cert ON tls_domains (cert_name)".to_owned(),
+        // Automated certificates: one row per domain under ACME management,
+        // the HTTP-01 answers any node can serve, and the ACME account per
+        // directory (its credentials sealed like a private key).
+        format!(
+            "CREATE TABLE IF NOT EXISTS acme_domains (domain TEXT PRIMARY KEY, status TEXT NOT NULL, \
+             cert_name TEXT, last_error TEXT, next_attempt_at {int} NOT NULL, failures {int} NOT NULL, \
+             updated_at {int} NOT NULL)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS acme_challenges (token TEXT PRIMARY KEY, key_authorization TEXT NOT NULL, \
+             expires_at {int} NOT NULL)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS acme_accounts (directory_url TEXT PRIMARY KEY, kek_version {int} NOT NULL, \
+             wrapped_dek {blob} NOT NULL, sealed_credentials {blob} NOT NULL, created_at {int} NOT NULL)"
+        ),
     ];
     vec![(1, v1), (2, v2)]
 }

@@ -13,7 +13,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use crate::StoreError;
-use crate::model::{OpOutput, TlsCertRow, TlsDomainRow, TlsOp};
+use crate::model::{AcmeAccountRow, AcmeDomainRow, OpOutput, TlsCertRow, TlsDomainRow, TlsOp};
 use crate::store::Store;
 
 const CERT_COLUMNS: &str = "name, source, chain_pem, info_json, not_after, key_format, kek_version, \
@@ -43,6 +43,22 @@ const UPDATE_DOMAIN_MAPPED: &str = "UPDATE tls_domains SET cert_name = $2, updat
     WHERE domain = $1 AND EXISTS (SELECT 1 FROM tls_certificates WHERE name = $2)";
 
 const DELETE_DOMAIN: &str = "DELETE FROM tls_domains WHERE domain = $1";
+
+const PUT_ACME_DOMAIN: &str = "INSERT INTO acme_domains (domain, status, cert_name, last_error, \
+    next_attempt_at, failures, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+    ON CONFLICT (domain) DO UPDATE SET status = excluded.status, cert_name = excluded.cert_name, \
+    last_error = excluded.last_error, next_attempt_at = excluded.next_attempt_at, \
+    failures = excluded.failures, updated_at = excluded.updated_at";
+const DELETE_ACME_DOMAIN: &str = "DELETE FROM acme_domains WHERE domain = $1";
+const PUT_ACME_CHALLENGE: &str = "INSERT INTO acme_challenges (token, key_authorization, expires_at) \
+    VALUES ($1, $2, $3) ON CONFLICT (token) DO UPDATE SET key_authorization = excluded.key_authorization, \
+    expires_at = excluded.expires_at";
+const DELETE_ACME_CHALLENGE: &str =
+    "DELETE FROM acme_challenges WHERE token = $1 OR expires_at <= $2";
+const INSERT_ACME_ACCOUNT: &str = "INSERT INTO acme_accounts (directory_url, kek_version, wrapped_dek, \
+    sealed_credentials, created_at) VALUES ($1, $2, $3, $4, $5)";
+const ACME_DOMAIN_COLUMNS: &str =
+    "domain, status, cert_name, last_error, next_attempt_at, failures, updated_at";
 
 /// The statement with SQLite's numbered parameters (`?N`). SQLite reads
 /// `$N` as a *named* parameter and numbers those in order of appearance, so
@@ -106,6 +122,33 @@ pub(crate) fn apply_sqlite(conn: &Connection, op: &TlsOp) -> rusqlite::Result<Op
             Some(cert) => prepare(UPDATE_DOMAIN_MAPPED)?.execute(params![domain, cert, now])?,
         },
         TlsOp::DeleteDomain { domain } => prepare(DELETE_DOMAIN)?.execute(params![domain])?,
+        TlsOp::PutAcmeDomain(a) => prepare(PUT_ACME_DOMAIN)?.execute(params![
+            a.domain,
+            a.status,
+            a.cert_name,
+            a.last_error,
+            a.next_attempt_at,
+            i64::from(a.failures),
+            a.updated_at
+        ])?,
+        TlsOp::DeleteAcmeDomain { domain } => {
+            prepare(DELETE_ACME_DOMAIN)?.execute(params![domain])?
+        }
+        TlsOp::PutAcmeChallenge {
+            token,
+            key_authorization,
+            expires_at,
+        } => prepare(PUT_ACME_CHALLENGE)?.execute(params![token, key_authorization, expires_at])?,
+        TlsOp::DeleteAcmeChallenge { token, now } => {
+            prepare(DELETE_ACME_CHALLENGE)?.execute(params![token, now])?
+        }
+        TlsOp::InsertAcmeAccount(a) => prepare(INSERT_ACME_ACCOUNT)?.execute(params![
+            a.directory_url,
+            i64::from(a.kek_version),
+            a.wrapped_dek,
+            a.sealed_credentials,
+            a.created_at
+        ])?,
     };
     Ok(OpOutput::Affected(n as u64))
 }
@@ -192,6 +235,53 @@ pub(crate) async fn apply_any(
                 .execute(&mut *conn)
                 .await?
         }
+        TlsOp::PutAcmeDomain(a) => {
+            sqlx::query(PUT_ACME_DOMAIN)
+                .bind(a.domain.as_str())
+                .bind(a.status.as_str())
+                .bind(a.cert_name.as_deref())
+                .bind(a.last_error.as_deref())
+                .bind(a.next_attempt_at)
+                .bind(i64::from(a.failures))
+                .bind(a.updated_at)
+                .execute(&mut *conn)
+                .await?
+        }
+        TlsOp::DeleteAcmeDomain { domain } => {
+            sqlx::query(DELETE_ACME_DOMAIN)
+                .bind(domain.as_str())
+                .execute(&mut *conn)
+                .await?
+        }
+        TlsOp::PutAcmeChallenge {
+            token,
+            key_authorization,
+            expires_at,
+        } => {
+            sqlx::query(PUT_ACME_CHALLENGE)
+                .bind(token.as_str())
+                .bind(key_authorization.as_str())
+                .bind(*expires_at)
+                .execute(&mut *conn)
+                .await?
+        }
+        TlsOp::DeleteAcmeChallenge { token, now } => {
+            sqlx::query(DELETE_ACME_CHALLENGE)
+                .bind(token.as_str())
+                .bind(*now)
+                .execute(&mut *conn)
+                .await?
+        }
+        TlsOp::InsertAcmeAccount(a) => {
+            sqlx::query(INSERT_ACME_ACCOUNT)
+                .bind(a.directory_url.as_str())
+                .bind(i64::from(a.kek_version))
+                .bind(a.wrapped_dek.as_slice())
+                .bind(a.sealed_credentials.as_slice())
+                .bind(a.created_at)
+                .execute(&mut *conn)
+                .await?
+        }
     };
     Ok(OpOutput::Affected(r.rows_affected()))
 }
@@ -222,7 +312,70 @@ fn domain_row(r: &AnyRow) -> Result<TlsDomainRow, StoreError> {
     })
 }
 
+fn acme_domain_row(r: &AnyRow) -> Result<AcmeDomainRow, StoreError> {
+    Ok(AcmeDomainRow {
+        domain: r.try_get(0)?,
+        status: r.try_get(1)?,
+        cert_name: r.try_get(2)?,
+        last_error: r.try_get(3)?,
+        next_attempt_at: r.try_get(4)?,
+        failures: u32::try_from(r.try_get::<i64, _>(5)?)
+            .map_err(|_| StoreError::Corrupt("acme failures out of range".into()))?,
+        updated_at: r.try_get(6)?,
+    })
+}
+
 impl Store {
+    /// Every domain under ACME management, by name.
+    pub async fn acme_domains(&self) -> Result<Vec<AcmeDomainRow>, StoreError> {
+        let sql = format!("SELECT {ACME_DOMAIN_COLUMNS} FROM acme_domains ORDER BY domain");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(acme_domain_row).collect()
+    }
+
+    /// The HTTP-01 answer for `token`, if it has not expired at `now`.
+    pub async fn acme_challenge(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT key_authorization FROM acme_challenges WHERE token = $1 AND expires_at > $2",
+        )
+        .bind(token)
+        .bind(now)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// The account for an ACME directory.
+    pub async fn acme_account(
+        &self,
+        directory_url: &str,
+    ) -> Result<Option<AcmeAccountRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT directory_url, kek_version, wrapped_dek, sealed_credentials, created_at \
+             FROM acme_accounts WHERE directory_url = $1",
+        )
+        .bind(directory_url)
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|r| {
+            Ok(AcmeAccountRow {
+                directory_url: r.try_get(0)?,
+                kek_version: u32::try_from(r.try_get::<i64, _>(1)?)
+                    .map_err(|_| StoreError::Corrupt("acme kek_version out of range".into()))?,
+                wrapped_dek: r.try_get(2)?,
+                sealed_credentials: r.try_get(3)?,
+                created_at: r.try_get(4)?,
+            })
+        })
+        .transpose()
+    }
+
     /// Every certificate, by name.
     pub async fn tls_certificates(&self) -> Result<Vec<TlsCertRow>, StoreError> {
         let sql = format!("SELECT {CERT_COLUMNS} FROM tls_certificates ORDER BY name");

@@ -640,6 +640,116 @@ async fn tls_certificates_and_domains(store: &Store) {
 }
 conformance!(tls_store, tls_certificates_and_domains);
 
+async fn acme_state_challenges_and_accounts(store: &Store) {
+    let mut row = AcmeDomainRow {
+        domain: "shop.example.com".into(),
+        status: "pending".into(),
+        cert_name: None,
+        last_error: None,
+        next_attempt_at: 0,
+        failures: 0,
+        updated_at: 1,
+    };
+    let account = AcmeAccountRow {
+        directory_url: "https://acme.test/dir".into(),
+        kek_version: 1,
+        wrapped_dek: vec![1; 60],
+        sealed_credentials: vec![2; 200],
+        created_at: 1,
+    };
+    let res = commit(
+        store,
+        &[tls_job(vec![
+            TlsOp::PutAcmeDomain(row.clone()),
+            TlsOp::PutAcmeChallenge {
+                token: "tok-1".into(),
+                key_authorization: "tok-1.thumb".into(),
+                expires_at: 100,
+            },
+            TlsOp::PutAcmeChallenge {
+                token: "tok-old".into(),
+                key_authorization: "tok-old.thumb".into(),
+                expires_at: 10,
+            },
+            TlsOp::InsertAcmeAccount(account.clone()),
+        ])],
+    )
+    .await
+    .unwrap();
+    assert!(res[0].is_ok());
+    assert_eq!(store.acme_domains().await.unwrap(), vec![row.clone()]);
+    assert_eq!(
+        store.acme_challenge("tok-1", 50).await.unwrap().as_deref(),
+        Some("tok-1.thumb")
+    );
+    assert_eq!(
+        store.acme_challenge("tok-1", 100).await.unwrap(),
+        None,
+        "expired"
+    );
+    assert_eq!(
+        store.acme_account(&account.directory_url).await.unwrap(),
+        Some(account.clone())
+    );
+    assert_eq!(store.acme_account("https://other/dir").await.unwrap(), None);
+
+    // Upsert, conflict on a second account, challenge clean-up.
+    row.status = "valid".into();
+    row.cert_name = Some("acme-shop".into());
+    row.failures = 2;
+    row.last_error = Some("connection refused".into());
+    row.next_attempt_at = 500;
+    let res = commit(
+        store,
+        &[
+            tls_job(vec![
+                TlsOp::PutAcmeDomain(row.clone()),
+                TlsOp::DeleteAcmeChallenge {
+                    token: "nope".into(),
+                    now: 20,
+                },
+            ]),
+            tls_job(vec![TlsOp::InsertAcmeAccount(account.clone())]),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        res[0],
+        Ok(vec![OpOutput::Affected(1), OpOutput::Affected(1)])
+    );
+    assert_eq!(res[1], Err(JobError::Conflict));
+    assert_eq!(store.acme_domains().await.unwrap(), vec![row.clone()]);
+    assert_eq!(
+        store.acme_challenge("tok-old", 0).await.unwrap(),
+        None,
+        "expired answers swept"
+    );
+    assert!(store.acme_challenge("tok-1", 0).await.unwrap().is_some());
+    let res = commit(
+        store,
+        &[tls_job(vec![
+            TlsOp::DeleteAcmeChallenge {
+                token: "tok-1".into(),
+                now: 0,
+            },
+            TlsOp::DeleteAcmeDomain {
+                domain: row.domain.clone(),
+            },
+        ])],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        res[0],
+        Ok(vec![OpOutput::Affected(1), OpOutput::Affected(1)])
+    );
+    assert!(store.acme_domains().await.unwrap().is_empty());
+    assert_eq!(store.acme_challenge("tok-1", 0).await.unwrap(), None);
+    assert_eq!(verify(store).await, 3);
+}
+conformance!(acme_store, acme_state_challenges_and_accounts);
+
 async fn group_commit_under_concurrency(store: &Store) {
     let committer = GroupCommitter::spawn(store.clone(), Arc::new(signer()), 64);
     let mut handles = Vec::new();
