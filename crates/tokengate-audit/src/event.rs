@@ -109,6 +109,12 @@ pub enum Action {
     DomainRemove,
     /// A certificate crossed an expiry warning threshold (30/14/7 days).
     CertExpiryWarning,
+    /// A domain was put under ACME management.
+    AcmeEnable,
+    /// A domain was taken out of ACME management.
+    AcmeDisable,
+    /// An ACME order (issuance or renewal) finished, successfully or not.
+    AcmeOrder,
 }
 
 impl Action {
@@ -136,6 +142,9 @@ impl Action {
             Action::DomainUpdate => "domain_update",
             Action::DomainRemove => "domain_remove",
             Action::CertExpiryWarning => "cert_expiry_warning",
+            Action::AcmeEnable => "acme_enable",
+            Action::AcmeDisable => "acme_disable",
+            Action::AcmeOrder => "acme_order",
         }
     }
 }

@@ -52,6 +52,8 @@ pub enum CertSource {
     Manual,
     /// Made by `init` for localhost.
     SelfSigned,
+    /// Issued and renewed through ACME (`certs auto`).
+    Acme,
 }
 
 impl CertSource {
@@ -59,6 +61,7 @@ impl CertSource {
         match self {
             CertSource::Manual => "manual",
             CertSource::SelfSigned => "self-signed",
+            CertSource::Acme => "acme",
         }
     }
 }
@@ -636,7 +639,15 @@ impl Vault {
         let now = now_ms();
         let row = TlsCertRow {
             name: name.to_owned(),
-            source: CertSource::Manual.as_str().to_owned(),
+            // An ACME renewal stays `acme`; anything an operator puts in
+            // place is `manual`.
+            source: if actor.id.as_str() == "acme" {
+                CertSource::Acme
+            } else {
+                CertSource::Manual
+            }
+            .as_str()
+            .to_owned(),
             chain_pem: chain_to_pem(&checked.chain),
             info_json: serde_json::to_string(&info)
                 .map_err(|e| VaultError::Internal(e.to_string()))?,

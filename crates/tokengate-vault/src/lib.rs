@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod acme;
 pub mod cards;
 pub mod certs;
 pub mod clock;
@@ -20,6 +21,7 @@ mod open;
 pub mod sweeper;
 
 pub use access::{ApiKeyInfo, Caller, NewApiKey, RequestMeta, Role};
+pub use acme::{AcmeOutcome, AcmeStatus, acme_cert_name};
 pub use cards::{CardInput, RevealedCard, TokenInfo, TokenizeOutcome, TokenizeRequest};
 pub use certs::{
     CertActor, CertExpiry, CertSource, CertificateView, DomainView, LoadedResolver, NewCertificate,
