@@ -185,6 +185,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::health::metrics))
         .route("/openapi.json", get(routes::health::openapi))
+        .route(
+            "/.well-known/acme-challenge/{token}",
+            get(routes::acme::http01),
+        )
         .fallback(fallback)
         .with_state(state.clone());
     let edge = EdgeConfig {

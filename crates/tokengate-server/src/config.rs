@@ -82,6 +82,17 @@ pub struct Config {
     pub behind_proxy: bool,
     /// CIDR blocks (`10.0.0.0/8`, `::1/128`) of the proxies to trust.
     pub trusted_proxies: Vec<String>,
+    /// ACME directory (`https://…/directory`); ACME is off without it.
+    pub acme_directory_url: Option<String>,
+    /// PEM root of the ACME server's own HTTPS certificate (test CAs such
+    /// as Pebble); the system roots otherwise.
+    pub acme_ca_root: Option<PathBuf>,
+    /// ACME account contact, e.g. `mailto:ops@example.com`.
+    pub acme_contact: Option<String>,
+    /// How often due orders and renewals are looked for, seconds.
+    pub acme_check_secs: u64,
+    /// First retry delay after a failed order, seconds (doubles per failure).
+    pub acme_retry_secs: u64,
 }
 
 /// Handshakes whose SNI matches no domain, or that carry none.
@@ -115,6 +126,11 @@ impl Default for Config {
             public_https_port: None,
             behind_proxy: false,
             trusted_proxies: Vec::new(),
+            acme_directory_url: None,
+            acme_ca_root: None,
+            acme_contact: None,
+            acme_check_secs: 60,
+            acme_retry_secs: 60,
         }
     }
 }
@@ -239,6 +255,21 @@ impl Config {
                 .map(str::to_owned)
                 .collect();
         }
+        if let Some(v) = env.get("TOKENGATE_ACME_DIRECTORY_URL") {
+            cfg.acme_directory_url = Some(v);
+        }
+        if let Some(v) = env.get("TOKENGATE_ACME_CA_ROOT") {
+            cfg.acme_ca_root = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env.get("TOKENGATE_ACME_CONTACT") {
+            cfg.acme_contact = Some(v);
+        }
+        if let Some(v) = env.get("TOKENGATE_ACME_CHECK_SECS") {
+            cfg.acme_check_secs = parse_num("TOKENGATE_ACME_CHECK_SECS", v)?;
+        }
+        if let Some(v) = env.get("TOKENGATE_ACME_RETRY_SECS") {
+            cfg.acme_retry_secs = parse_num("TOKENGATE_ACME_RETRY_SECS", v)?;
+        }
         if cfg.listen.is_none()
             && let Some(port) = env.get("PORT")
         {
@@ -295,6 +326,22 @@ impl Config {
         if self.public_https_port == Some(0) {
             return Err(cerr("public_https_port", "must be 1-65535"));
         }
+        if let Some(url) = &self.acme_directory_url
+            && !url.starts_with("https://")
+        {
+            return Err(cerr("acme_directory_url", "must be an https:// URL"));
+        }
+        if !(1..=3600).contains(&self.acme_check_secs) {
+            return Err(cerr("acme_check_secs", "must be 1-3600"));
+        }
+        if !(1..=86_400).contains(&self.acme_retry_secs) {
+            return Err(cerr("acme_retry_secs", "must be 1-86400"));
+        }
+        if let Some(contact) = &self.acme_contact
+            && !contact.starts_with("mailto:")
+        {
+            return Err(cerr("acme_contact", "must be a mailto: URL"));
+        }
         let proxies = self.trusted_proxy_cidrs()?;
         if self.behind_proxy && proxies.is_empty() {
             return Err(cerr(
@@ -315,6 +362,19 @@ impl Config {
                 })
             })
             .collect()
+    }
+
+    /// The ACME task's settings, when ACME is configured.
+    pub fn acme(&self) -> Option<crate::acme::AcmeSettings> {
+        self.acme_directory_url
+            .as_ref()
+            .map(|url| crate::acme::AcmeSettings {
+                directory_url: url.clone(),
+                ca_root: self.acme_ca_root.clone(),
+                contact: self.acme_contact.clone(),
+                check_every: Duration::from_secs(self.acme_check_secs),
+                retry_base: Duration::from_secs(self.acme_retry_secs),
+            })
     }
 
     /// The certificate for unknown or missing SNI, or `None` to refuse.

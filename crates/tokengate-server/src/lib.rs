@@ -11,12 +11,14 @@
 //! - [`tls`] and [`serve`]: rustls configuration (SNI resolver from the
 //!   certificate store, hot reload, expiry watch) and the accept loops (HTTPS,
 //!   and the optional plain-HTTP redirect listener).
+//! - [`acme`]: ordering and renewing certificates (HTTP-01).
 //! - [`edge`]: client address and scheme behind a proxy, redirect to HTTPS.
 //! - [`logging`]: the tracing subscriber whose writer masks card numbers.
 //! - [`config`]: file + environment configuration, validated before binding.
 
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod app;
 pub mod config;
 pub mod edge;

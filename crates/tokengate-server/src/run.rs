@@ -133,6 +133,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         vault.clone(),
         Duration::from_secs(config.tls_expiry_check_secs),
     ));
+    let acme = config
+        .acme()
+        .map(|settings| tokio::spawn(crate::acme::acme_loop(vault.clone(), settings)));
     let app = router(state(vault.clone(), &config));
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -149,6 +152,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         sweeper.abort();
         reloader.abort();
         expiry.abort();
+        if let Some(acme) = acme {
+            acme.abort();
+        }
     }));
     Ok(Running {
         addr,

@@ -79,6 +79,19 @@ pub fn acme_cert_name(domain: &str) -> String {
     format!("{}-{hash}", base[..54].trim_end_matches(['.', '-']))
 }
 
+/// When to renew a certificate: when a third of its lifetime is left
+/// (Unix milliseconds).
+pub fn renewal_time(view: &CertificateView) -> Result<i64, VaultError> {
+    let parse = |t: &str| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+            .map_err(|_| VaultError::Internal("certificate validity is not RFC 3339".into()))
+    };
+    let start = parse(&view.starts_at)?;
+    let end = parse(&view.expires_at)?;
+    Ok(start + (end - start) * 2 / 3)
+}
+
 const ACCOUNT_NAME: &str = "acme:account";
 
 fn account_aad_hash(directory_url: &str) -> Vec<u8> {

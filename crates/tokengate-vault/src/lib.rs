@@ -21,7 +21,7 @@ mod open;
 pub mod sweeper;
 
 pub use access::{ApiKeyInfo, Caller, NewApiKey, RequestMeta, Role};
-pub use acme::{AcmeOutcome, AcmeStatus, acme_cert_name};
+pub use acme::{AcmeOutcome, AcmeStatus, acme_cert_name, renewal_time};
 pub use cards::{CardInput, RevealedCard, TokenInfo, TokenizeOutcome, TokenizeRequest};
 pub use certs::{
     CertActor, CertExpiry, CertSource, CertificateView, DomainView, LoadedResolver, NewCertificate,

@@ -87,6 +87,25 @@ enum CertsCmd {
         #[arg(long)]
         yes: bool,
     },
+    /// Automated certificates (ACME): status per domain (no subcommand), enable, disable.
+    Auto {
+        #[command(subcommand)]
+        cmd: Option<AutoCmd>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AutoCmd {
+    /// Order and renew the certificate of a domain through ACME (done by a server with acme_directory_url set).
+    Enable {
+        #[arg(long)]
+        domain: String,
+    },
+    /// Stop ordering and renewing; the certificate stays.
+    Disable {
+        #[arg(long)]
+        domain: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -420,6 +439,64 @@ async fn certs(args: CertsArgs) -> Result<(), Failure> {
                     removed.domains_without_certificate.join(", ")
                 );
             }
+        }
+        Some(CertsCmd::Auto { cmd }) => return auto(&vault, cmd, json).await,
+    }
+    Ok(())
+}
+
+async fn auto(vault: &Vault, cmd: Option<AutoCmd>, json: bool) -> Result<(), Failure> {
+    match cmd {
+        None => {
+            let list = vault.acme_statuses().await?;
+            if json {
+                return print_json(&serde_json::json!({ "domains": list }));
+            }
+            if list.is_empty() {
+                println!(
+                    "No automated certificates. Enable one with `tokengate certs auto enable --domain DOMAIN`."
+                );
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|a| {
+                    vec![
+                        a.domain.clone(),
+                        a.status.clone(),
+                        a.certificate.clone().unwrap_or_else(|| "none".to_owned()),
+                        short_date(&a.next_renewal),
+                        a.last_error.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "Domain",
+                    "Status",
+                    "Certificate",
+                    "Next Renewal",
+                    "Last Error",
+                ],
+                &rows,
+            );
+        }
+        Some(AutoCmd::Enable { domain }) => {
+            let status = vault.acme_enable(&domain, &actor()).await?;
+            if json {
+                return print_json(&status);
+            }
+            println!(
+                "ACME enabled for {}: a server with acme_directory_url set orders its certificate now; `tokengate certs auto` shows progress",
+                status.domain
+            );
+        }
+        Some(AutoCmd::Disable { domain }) => {
+            vault.acme_disable(&domain, &actor()).await?;
+            if json {
+                return print_json(&serde_json::json!({ "disabled": domain }));
+            }
+            println!("ACME disabled for {domain}; its certificate stays until removed");
         }
     }
     Ok(())

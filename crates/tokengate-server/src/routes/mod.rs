@@ -1,5 +1,6 @@
 //! HTTP handlers, one module per API area.
 
+pub mod acme;
 pub mod api_keys;
 pub mod health;
 pub mod tokens;
