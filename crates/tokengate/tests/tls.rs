@@ -1716,3 +1716,258 @@ fn two_nodes_on_postgresql_reload_a_certificate_added_by_the_cli() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+// ---- ACME against Pebble ------------------------------------------------------------
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16) {
+    let ok = within(Duration::from_secs(20), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(ok.is_some(), "nothing listens on port {port}");
+}
+
+/// A plain HTTP/1.1 POST (the challenge test server's management API).
+fn post(port: u16, path: &str, body: &str) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}
+
+fn acme_status(data: &Path, domain: &str) -> Value {
+    let v = ok(data, &["certs", "auto"]);
+    v["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["domain"] == domain)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn acme_issues_and_renews_against_pebble() {
+    if !Path::new("/usr/bin/pebble").exists() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must install Debian's `pebble` package (see .ci/run)"
+        );
+        eprintln!("pebble is not installed: skipping");
+        return;
+    }
+    let (base, data) = new_data_dir("tls-acme-");
+
+    // Pebble's own HTTPS certificate, from a test root that tokengate is
+    // told to trust for the ACME directory (acme_ca_root).
+    let api_root = root("Pebble API Test Root");
+    let api = leaf("localhost", &["localhost", "127.0.0.1"], &api_root);
+    let api_crt = write(&base, "pebble-api.crt", api.cert.pem());
+    let api_key = write(&base, "pebble-api.key", api.key.serialize_pem());
+    let api_ca = write(&base, "pebble-api-root.pem", api_root.cert.pem());
+    let (dir_port, mgmt_port, http_port, tls_port, dns_port, chall_port) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let config = serde_json::json!({"pebble": {
+        "listenAddress": format!("127.0.0.1:{dir_port}"),
+        "managementListenAddress": format!("127.0.0.1:{mgmt_port}"),
+        "certificate": api_crt,
+        "privateKey": api_key,
+        "httpPort": http_port,
+        "tlsPort": tls_port,
+        "ocspResponderURL": "",
+        "externalAccountBindingRequired": false,
+        // Short-lived certificates, so that renewal (at a third of the
+        // lifetime left) happens within the test.
+        "certificateValidityPeriod": 30
+    }});
+    let config_path = write(&base, "pebble.json", config.to_string());
+    let log = |name: &str| Stdio::from(std::fs::File::create(base.join(name)).unwrap());
+    // DNS: every name resolves to 127.0.0.1, where tokengate's plain-HTTP
+    // listener answers HTTP-01; fail.test points where nothing listens.
+    let _dns = Proc(
+        Command::new("pebble-challtestsrv")
+            .args([
+                "-dns01",
+                &format!("127.0.0.1:{dns_port}"),
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+            ])
+            .args([
+                "-management",
+                &format!("127.0.0.1:{chall_port}"),
+                "-defaultIPv4",
+                "127.0.0.1",
+                "-defaultIPv6",
+                "",
+            ])
+            .stdout(log("challtestsrv.log"))
+            .stderr(log("challtestsrv.err"))
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(chall_port);
+    post(
+        chall_port,
+        "/add-a",
+        r#"{"host":"fail.test","addresses":["127.0.0.2"]}"#,
+    );
+    // Real validation; nonce rejection left at Pebble's default. Only the
+    // random sleep before validating is turned off.
+    let _pebble = Proc(
+        Command::new("pebble")
+            .arg("-config")
+            .arg(&config_path)
+            .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .stdout(log("pebble.log"))
+            .stderr(log("pebble.err"))
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(dir_port);
+
+    ok(&data, &["certs", "auto", "enable", "--domain", "acme.test"]);
+    ok(&data, &["certs", "auto", "enable", "--domain", "fail.test"]);
+    fails(
+        &data,
+        &["certs", "auto", "enable", "--domain", "acme.test"],
+        "acme_exists",
+    );
+    fails(
+        &data,
+        &["certs", "auto", "enable", "--domain", "*.acme.test"],
+        "acme_wildcard_unsupported",
+    );
+    assert_eq!(acme_status(&data, "acme.test")["status"], "pending");
+
+    let http_listen = format!("127.0.0.1:{http_port}");
+    let directory = format!("https://127.0.0.1:{dir_port}/dir");
+    let edge = Edge::start(
+        &data,
+        &base.join("server.log"),
+        &[
+            ("TOKENGATE_HTTP_LISTEN", http_listen.as_str()),
+            ("TOKENGATE_ACME_DIRECTORY_URL", directory.as_str()),
+            ("TOKENGATE_ACME_CA_ROOT", api_ca.to_str().unwrap()),
+            ("TOKENGATE_ACME_CHECK_SECS", "1"),
+            ("TOKENGATE_ACME_RETRY_SECS", "3600"),
+        ],
+    );
+    let local = served_leaf(edge.https, Some("localhost")).unwrap();
+    let mut first = Vec::new();
+    let issued = within(Duration::from_secs(60), || {
+        first = served_leaf(edge.https, Some("acme.test")).unwrap();
+        first != local
+    });
+    assert!(
+        issued.is_some(),
+        "no ACME certificate served for acme.test:\n{}",
+        edge.log()
+    );
+    let info = ok(&data, &["certs", "info", "--name", "acme-acme.test"]);
+    assert_eq!(info["type"], "acme");
+    assert!(
+        info["issuer"].as_str().unwrap().contains("Pebble"),
+        "{info}"
+    );
+    assert_eq!(info["domains"], serde_json::json!(["acme.test"]));
+    let status = acme_status(&data, "acme.test");
+    assert_eq!(status["status"], "valid", "{status}");
+    assert_eq!(status["certificate"], "acme-acme.test");
+    assert!(
+        status["next_renewal"].as_str().unwrap().len() >= 20,
+        "{status}"
+    );
+
+    // Renewal when a third of the (30 s) lifetime is left: a new leaf.
+    let renewed = within(Duration::from_secs(60), || {
+        served_leaf(edge.https, Some("acme.test")).unwrap() != first
+    });
+    assert!(
+        renewed.is_some(),
+        "the certificate was not renewed:\n{}",
+        edge.log()
+    );
+
+    // The domain the CA cannot reach fails, with the reason, and backs off.
+    let failed = within(Duration::from_secs(30), || {
+        acme_status(&data, "fail.test")["status"] == "failed"
+    });
+    assert!(failed.is_some(), "{}", edge.log());
+    let status = acme_status(&data, "fail.test");
+    assert!(
+        !status["last_error"].as_str().unwrap_or("").is_empty(),
+        "{status}"
+    );
+    assert_eq!(status["failures"], 1);
+    let table = String::from_utf8(tg(&data, &["certs", "auto"], &[]).stdout).unwrap();
+    for col in ["Domain", "Status", "Next Renewal", "Last Error"] {
+        assert!(table.contains(col), "{table}");
+    }
+    drop(edge);
+
+    ok(
+        &data,
+        &["certs", "auto", "disable", "--domain", "fail.test"],
+    );
+    fails(
+        &data,
+        &["certs", "auto", "disable", "--domain", "fail.test"],
+        "acme_not_found",
+    );
+    let events = audit_actions(&data);
+    let count = |action: &str, outcome: &str| {
+        events
+            .iter()
+            .filter(|e| e["action"] == action && e["outcome"] == outcome)
+            .count()
+    };
+    assert!(count("acme_order", "success") >= 2, "{events:?}");
+    assert!(count("acme_order", "failure") >= 1);
+    assert_eq!(count("acme_enable", "success"), 2);
+    assert_eq!(count("acme_disable", "success"), 1);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["action"] == "cert_add" && e["actor"] == "acme")
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["action"] == "cert_update" && e["actor"] == "acme")
+    );
+    let out = tg(&data, &["audit", "verify"], &[]);
+    assert!(out.status.success());
+}
