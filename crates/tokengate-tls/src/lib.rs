@@ -18,7 +18,8 @@
 //! vault's key ring) is in `tokengate-vault` and reload polling in
 //! `tokengate-server`, unlike the starting layout in ARCHITECTURE.md: both
 //! need the store and the key ring, which this crate must not depend on to
-//! stay free of I/O. ACME is not built yet.
+//! stay free of I/O. ACME (network I/O) is in `tokengate-server` for the
+//! same reason.
 //!
 //! Private keys are held in [`PrivateKey`], which zeroizes its bytes on drop
 //! and never prints them. Signatures are verified with aws-lc-rs (through
