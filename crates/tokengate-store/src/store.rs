@@ -13,6 +13,7 @@ use crate::StoreError;
 use crate::model::*;
 use crate::schema;
 use crate::sqlite_writer::SqliteWriter;
+use crate::wal_sync::Durable;
 use std::sync::Arc;
 
 /// Which database is behind a [`Store`].
@@ -475,9 +476,34 @@ impl Store {
         jobs: Vec<Job>,
         signer: Arc<dyn HeadSigner>,
     ) -> Result<Vec<JobResult>, StoreError> {
+        let (results, durable) = self.commit_pipelined(jobs, signer).await?;
+        durable.wait().await?;
+        Ok(results)
+    }
+
+    /// [`Store::commit`] without waiting for durability: the transaction has
+    /// committed (later commits and reads see it) but may not be on disk until
+    /// the returned [`Durable`] resolves. Acknowledge nothing before that.
+    /// Lets the group committer build the next batch while this one syncs.
+    pub async fn commit_pipelined(
+        &self,
+        jobs: Vec<Job>,
+        signer: Arc<dyn HeadSigner>,
+    ) -> Result<(Vec<JobResult>, Durable), StoreError> {
         if let Some(w) = &self.writer {
             return w.commit(jobs, signer).await;
         }
+        self.commit_postgres(jobs, signer)
+            .await
+            .map(|r| (r, Durable::now()))
+    }
+
+    /// PostgreSQL commit: durable when COMMIT returns.
+    async fn commit_postgres(
+        &self,
+        jobs: Vec<Job>,
+        signer: Arc<dyn HeadSigner>,
+    ) -> Result<Vec<JobResult>, StoreError> {
         let signer = signer.as_ref();
         let jobs = jobs.as_slice();
         let mut conn = self.pool.acquire().await?;
