@@ -49,7 +49,7 @@ impl GroupCommitter {
                     .commit_pipelined(std::mem::take(&mut jobs), signer.clone())
                     .await;
                 metrics::histogram!("tokengate_store_commit_jobs").record(n as f64);
-                let batch_replies: Vec<Reply> = replies.drain(..).collect();
+                let batch_replies = std::mem::replace(&mut replies, Vec::with_capacity(max_batch));
                 match result {
                     Ok((results, durable)) => {
                         // Answer once the batch is on disk; meanwhile this
