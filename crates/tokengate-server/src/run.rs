@@ -98,6 +98,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
     let sweeper = vault.spawn_cvc_sweeper(Duration::from_secs(config.cvc_sweep_secs));
+    let checkpointer = vault.spawn_checkpointer(Duration::from_secs(config.audit_checkpoint_secs));
     let app = router(state(vault.clone(), config));
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -106,6 +107,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         })
         .await;
         sweeper.abort();
+        checkpointer.abort();
     });
     Ok(Running {
         addr,

@@ -49,5 +49,16 @@ pub fn migrations(backend: Backend) -> Vec<(i64, Vec<String>)> {
              hash {blob} NOT NULL, signature {blob} NOT NULL)"
         ),
     ];
-    vec![(1, v1)]
+    // Version 2: the audit log's Merkle tree (stored hashes, RFC 6962) and
+    // its signed checkpoints.
+    let v2 = vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS audit_tree (idx {int} PRIMARY KEY, hash {blob} NOT NULL)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS audit_checkpoints (tree_size {int} PRIMARY KEY, root {blob} NOT NULL, \
+             note TEXT NOT NULL, created_at {int} NOT NULL)"
+        ),
+    ];
+    vec![(1, v1), (2, v2)]
 }

@@ -296,6 +296,25 @@ fn apply_ops(conn: &Connection, ops: &[Op]) -> rusqlite::Result<Vec<OpOutput>> {
                 )?
                 .execute(params![key, value])? as u64,
             ),
+            Op::AppendTreeHashes { first_index, hashes } => {
+                let mut st = conn.prepare_cached("INSERT INTO audit_tree (idx, hash) VALUES (?1, ?2)")?;
+                for (k, h) in hashes.iter().enumerate() {
+                    let idx = first_index.saturating_add(k as u64);
+                    st.execute(params![i64::try_from(idx).unwrap_or(i64::MAX), h.as_slice()])?;
+                }
+                OpOutput::Affected(hashes.len() as u64)
+            }
+            Op::InsertCheckpoint(c) => OpOutput::Affected(
+                conn.prepare_cached(
+                    "INSERT INTO audit_checkpoints (tree_size, root, note, created_at) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![
+                    i64::try_from(c.tree_size).unwrap_or(i64::MAX),
+                    c.root.as_slice(),
+                    c.note,
+                    c.created_at
+                ])? as u64,
+            ),
         };
         out.push(o);
     }

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod auditlog;
 pub mod cards;
 pub mod clock;
 pub mod error;
@@ -19,7 +20,8 @@ mod open;
 pub mod sweeper;
 
 pub use access::{ApiKeyInfo, Caller, NewApiKey, RequestMeta, Role};
+pub use auditlog::{ConsistencyProof, InclusionProof, verify_store};
 pub use cards::{CardInput, RevealedCard, TokenInfo, TokenizeOutcome, TokenizeRequest};
 pub use error::VaultError;
 pub use init::{InitOptions, InitOutput, init};
-pub use open::{DataDir, Vault, VaultConfig, is_fresh, verify_store};
+pub use open::{DataDir, Vault, VaultConfig, is_fresh};
