@@ -10,7 +10,7 @@
 //!
 //! `tlog_tiles`' tree functions read hashes synchronously; the store is
 //! async. The indexes a function reads depend only on sizes, never on hash
-//! values, so [`with_tree`] runs it once against a recorder to learn the
+//! values, so `with_tree` runs it once against a recorder to learn the
 //! indexes, fetches them, and runs it again on the fetched hashes.
 
 use std::cell::RefCell;
