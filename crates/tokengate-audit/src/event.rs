@@ -96,6 +96,19 @@ pub enum Action {
     AccessDenied,
     ServerStart,
     Init,
+    /// A key-ring version was created (e.g. the `tls_key` KEK on upgrade).
+    KeyCreate,
+    /// A TLS certificate (and its sealed private key) entered the store.
+    CertAdd,
+    /// A stored certificate was replaced (renewal, new key).
+    CertUpdate,
+    /// A certificate was removed; its domains lost it.
+    CertRemove,
+    DomainAdd,
+    DomainUpdate,
+    DomainRemove,
+    /// A certificate crossed an expiry warning threshold (30/14/7 days).
+    CertExpiryWarning,
 }
 
 impl Action {
@@ -115,6 +128,14 @@ impl Action {
             Action::AccessDenied => "access_denied",
             Action::ServerStart => "server_start",
             Action::Init => "init",
+            Action::KeyCreate => "key_create",
+            Action::CertAdd => "cert_add",
+            Action::CertUpdate => "cert_update",
+            Action::CertRemove => "cert_remove",
+            Action::DomainAdd => "domain_add",
+            Action::DomainUpdate => "domain_update",
+            Action::DomainRemove => "domain_remove",
+            Action::CertExpiryWarning => "cert_expiry_warning",
         }
     }
 }

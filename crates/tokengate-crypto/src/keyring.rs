@@ -31,16 +31,19 @@ pub enum KeyPurpose {
     Audit,
     /// Ed25519 seed that signs the audit chain head.
     AuditSigning,
+    /// Wraps the DEK of each TLS private key in the certificate store.
+    TlsKey,
 }
 
 impl KeyPurpose {
-    pub const ALL: [KeyPurpose; 6] = [
+    pub const ALL: [KeyPurpose; 7] = [
         KeyPurpose::Data,
         KeyPurpose::Cvc,
         KeyPurpose::Fingerprint,
         KeyPurpose::ApiKey,
         KeyPurpose::Audit,
         KeyPurpose::AuditSigning,
+        KeyPurpose::TlsKey,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +54,7 @@ impl KeyPurpose {
             KeyPurpose::ApiKey => "api_key",
             KeyPurpose::Audit => "audit",
             KeyPurpose::AuditSigning => "audit_signing",
+            KeyPurpose::TlsKey => "tls_key",
         }
     }
 

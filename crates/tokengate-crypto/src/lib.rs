@@ -10,6 +10,8 @@
 //!        fingerprint ─ HMAC-SHA256 key for PAN fingerprints (PCI DSS 3.5.1.1)
 //!        api_key     ─ HMAC-SHA256 key for stored API-key hashes
 //!        audit       ─ HMAC-SHA256 key for sensitive audit fields
+//!        audit_signing ─ Ed25519 seed that signs the audit chain head
+//!        tls_key     ─ wraps the DEK of each TLS private key (certificate store)
 //! ```
 //!
 //! All AEAD is AES-256-GCM from aws-lc-rs with a random 96-bit nonce and
@@ -24,11 +26,13 @@ pub mod keyring;
 pub mod random;
 pub mod root;
 pub mod secret;
+pub mod tls_key;
 
 pub use envelope::{Envelope, RecordAad};
 pub use keyring::{KeyPurpose, KeyRing, KeyState, WrappedKey};
 pub use root::{FileRootKey, RootKeyProvider};
 pub use secret::{Key256, SecretBytes};
+pub use tls_key::{PrivateKeyAad, open_private_key, seal_private_key};
 
 /// Errors from this crate. None carries key material or plaintext.
 #[derive(Debug, thiserror::Error)]

@@ -16,6 +16,7 @@ use tokengate_audit::{Ident, SafeText};
 use tokengate_vault::{RequestMeta, Vault};
 
 use crate::config::Config;
+use crate::edge::{ClientAddr, EdgeConfig};
 use crate::error::ApiError;
 use crate::routes;
 
@@ -71,7 +72,13 @@ async fn request_context(mut req: Request, next: Next) -> Response {
         .unwrap_or_else(new_request_id);
     let meta = RequestMeta {
         request_id: Some(request_id.clone()),
-        client_ip: req.extensions().get::<PeerAddr>().map(|p| p.0.ip()),
+        // The address the edge resolved (X-Forwarded-For from a trusted
+        // proxy), else the TCP peer.
+        client_ip: req
+            .extensions()
+            .get::<ClientAddr>()
+            .map(|c| c.0)
+            .or_else(|| req.extensions().get::<PeerAddr>().map(|p| p.0.ip())),
         user_agent: req
             .headers()
             .get(header::USER_AGENT)
@@ -85,7 +92,8 @@ async fn request_context(mut req: Request, next: Next) -> Response {
     resp
 }
 
-/// Security headers on every response, success or error.
+/// Security headers on every response, success or error (including the
+/// 500 of a caught panic and the edge's redirects).
 async fn security_headers(req: Request, next: Next) -> Response {
     let card_route = req.uri().path().starts_with("/v1/");
     let mut resp = next.run(req).await;
@@ -179,11 +187,144 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(routes::health::openapi))
         .fallback(fallback)
         .with_state(state.clone());
+    let edge = EdgeConfig {
+        behind_proxy: state.config.behind_proxy,
+        // Validated when the configuration was loaded.
+        trusted_proxies: state.config.trusted_proxy_cidrs().unwrap_or_default(),
+        https_port: state
+            .config
+            .public_https_port
+            .unwrap_or_else(|| state.config.listen_addr().port()),
+    };
+    harden(api, edge)
+}
+
+/// The layers every response passes through, outermost first: panic guard,
+/// security headers, edge (client address, redirect to HTTPS), request
+/// context (request id, audit facts), panic guard again (so that a
+/// handler's panic becomes a 500 that still carries the security headers),
+/// JSON 405s, metrics.
+pub fn harden(api: Router, edge: EdgeConfig) -> Router {
     api.layer(middleware::from_fn(record_metrics))
         .layer(middleware::from_fn(method_not_allowed_to_json))
-        .layer(middleware::from_fn(security_headers))
-        .layer(middleware::from_fn(request_context))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))
+        .layer(middleware::from_fn(request_context))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(edge),
+            crate::edge::edge,
+        ))
+        .layer(middleware::from_fn(security_headers))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edge::Transport;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    fn hardened() -> Router {
+        let api = Router::new()
+            .route("/ok", get(|| async { "ok" }))
+            .route(
+                "/v1/boom",
+                get(|| async {
+                    let v: Vec<u8> = Vec::new();
+                    // A handler bug: index out of bounds.
+                    #[allow(clippy::indexing_slicing)]
+                    let _ = v[1];
+                    "unreachable"
+                }),
+            )
+            .fallback(fallback);
+        harden(
+            api,
+            EdgeConfig {
+                behind_proxy: false,
+                trusted_proxies: Vec::new(),
+                https_port: 8443,
+            },
+        )
+    }
+
+    fn assert_hardened(resp: &Response) {
+        let h = resp.headers();
+        let hsts = h[header::STRICT_TRANSPORT_SECURITY].to_str().unwrap();
+        assert!(hsts.contains("includeSubDomains"), "{hsts}");
+        let age: u64 = hsts
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("max-age="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(age >= 31_536_000, "{hsts}");
+        assert_eq!(
+            h[header::CONTENT_SECURITY_POLICY],
+            "default-src 'none'; frame-ancestors 'none'"
+        );
+        assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(h[header::X_FRAME_OPTIONS], "DENY");
+        assert_eq!(h[header::REFERRER_POLICY], "no-referrer");
+        assert!(h.get(header::SERVER).is_none());
+        assert!(h.get("x-powered-by").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_a_500_with_every_security_header() {
+        let silence = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let resp = hardened()
+            .oneshot(Request::get("/v1/boom").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        std::panic::set_hook(silence);
+        assert_eq!(resp.status(), 500);
+        assert_hardened(&resp);
+        assert_eq!(resp.headers()[header::CACHE_CONTROL], "no-store");
+        let resp = hardened()
+            .oneshot(Request::get("/ok").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_hardened(&resp);
+        let resp = hardened()
+            .oneshot(Request::get("/nope").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404);
+        assert_hardened(&resp);
+    }
+
+    #[tokio::test]
+    async fn plain_http_is_redirected_except_acme_challenges() {
+        let plain = |uri: &str, host: &str| {
+            let mut req = Request::get(uri)
+                .header(header::HOST, host)
+                .body(Body::empty())
+                .unwrap();
+            req.extensions_mut().insert(Transport::Plain);
+            req
+        };
+        let resp = hardened()
+            .oneshot(plain("/v1/tokens?x=1", "shop.example.com:8080"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 308);
+        assert_eq!(
+            resp.headers()[header::LOCATION],
+            "https://shop.example.com:8443/v1/tokens?x=1"
+        );
+        let resp = hardened()
+            .oneshot(plain("/.well-known/acme-challenge/abc", "shop.example.com"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "answered, not redirected");
+        let resp = hardened().oneshot(plain("/", "bad host\\x")).await.unwrap();
+        assert_eq!(resp.status(), 400);
+    }
 }

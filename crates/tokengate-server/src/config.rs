@@ -58,9 +58,44 @@ pub struct Config {
     /// were written).
     pub audit_checkpoint_secs: u64,
     pub log_format: LogFormat,
-    /// TLS certificate chain and key (PEM); default: the data dir's self-signed pair.
+    /// Replaced by the certificate store (`tokengate certs add`); setting
+    /// either is a configuration error that says so.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Certificate (by name) for clients whose SNI matches no domain, and
+    /// for clients that send no SNI (those connecting by IP address).
+    pub tls_default_cert: String,
+    /// What to do with such clients: serve `tls_default_cert`, or refuse
+    /// the handshake.
+    pub tls_unknown_sni: UnknownSni,
+    /// How often a running server checks the store for certificate and
+    /// domain changes, in milliseconds (100–10000).
+    pub tls_reload_ms: u64,
+    /// How often certificate expiry is checked (metric, warnings), seconds.
+    pub tls_expiry_check_secs: u64,
+    /// Optional plain-HTTP listener that only redirects to HTTPS (308),
+    /// except ACME HTTP-01 paths.
+    pub http_listen: Option<SocketAddr>,
+    /// HTTPS port written in redirects; default: the port of `listen`
+    /// (omitted when it is 443).
+    pub public_https_port: Option<u16>,
+    /// Behind a proxy or PaaS router: take the client address and scheme
+    /// from X-Forwarded-For / X-Forwarded-Proto, only when the connection
+    /// comes from `trusted_proxies`.
+    pub behind_proxy: bool,
+    /// CIDR blocks (`10.0.0.0/8`, `::1/128`) of the proxies to trust.
+    pub trusted_proxies: Vec<String>,
+}
+
+/// Handshakes whose SNI matches no domain, or that carry none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownSni {
+    /// Serve `tls_default_cert`.
+    #[default]
+    Default,
+    /// Refuse the handshake.
+    Refuse,
 }
 
 impl Default for Config {
@@ -76,6 +111,14 @@ impl Default for Config {
             log_format: LogFormat::Text,
             tls_cert: None,
             tls_key: None,
+            tls_default_cert: "localhost".to_owned(),
+            tls_unknown_sni: UnknownSni::Default,
+            tls_reload_ms: 250,
+            tls_expiry_check_secs: 3600,
+            http_listen: None,
+            public_https_port: None,
+            behind_proxy: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -153,6 +196,56 @@ impl Config {
                 _ => return Err(cerr("TOKENGATE_LOG_FORMAT", "must be `text` or `json`")),
             };
         }
+        if let Some(v) = env.get("TOKENGATE_TLS_DEFAULT_CERT") {
+            cfg.tls_default_cert = v;
+        }
+        if let Some(v) = env.get("TOKENGATE_TLS_UNKNOWN_SNI") {
+            cfg.tls_unknown_sni = match v.as_str() {
+                "default" => UnknownSni::Default,
+                "refuse" => UnknownSni::Refuse,
+                _ => {
+                    return Err(cerr(
+                        "TOKENGATE_TLS_UNKNOWN_SNI",
+                        "must be `default` or `refuse`",
+                    ));
+                }
+            };
+        }
+        if let Some(v) = env.get("TOKENGATE_TLS_RELOAD_MS") {
+            cfg.tls_reload_ms = parse_num("TOKENGATE_TLS_RELOAD_MS", v)?;
+        }
+        if let Some(v) = env.get("TOKENGATE_TLS_EXPIRY_CHECK_SECS") {
+            cfg.tls_expiry_check_secs = parse_num("TOKENGATE_TLS_EXPIRY_CHECK_SECS", v)?;
+        }
+        if let Some(v) = env.get("TOKENGATE_HTTP_LISTEN") {
+            cfg.http_listen = Some(v.parse().map_err(|_| {
+                cerr(
+                    "TOKENGATE_HTTP_LISTEN",
+                    "must be host:port, e.g. 0.0.0.0:8080",
+                )
+            })?);
+        }
+        if let Some(v) = env.get("TOKENGATE_PUBLIC_HTTPS_PORT") {
+            cfg.public_https_port = Some(
+                v.parse()
+                    .map_err(|_| cerr("TOKENGATE_PUBLIC_HTTPS_PORT", "must be a port number"))?,
+            );
+        }
+        if let Some(v) = env.get("TOKENGATE_BEHIND_PROXY") {
+            cfg.behind_proxy = match v.as_str() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => return Err(cerr("TOKENGATE_BEHIND_PROXY", "must be `true` or `false`")),
+            };
+        }
+        if let Some(v) = env.get("TOKENGATE_TRUSTED_PROXIES") {
+            cfg.trusted_proxies = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
         if cfg.listen.is_none()
             && let Some(port) = env.get("PORT")
         {
@@ -191,10 +284,55 @@ impl Config {
                 "must start with postgres:// or sqlite:",
             ));
         }
-        if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return Err(cerr("tls_cert/tls_key", "set both or neither"));
+        if self.tls_cert.is_some() || self.tls_key.is_some() {
+            return Err(cerr(
+                "tls_cert/tls_key",
+                "certificates now live in the certificate store: remove these settings and run `tokengate certs add CERT KEY --domain DOMAIN`",
+            ));
+        }
+        if self.tls_unknown_sni == UnknownSni::Default && self.tls_default_cert.trim().is_empty() {
+            return Err(cerr(
+                "tls_default_cert",
+                "must name a certificate (or set tls_unknown_sni = \"refuse\")",
+            ));
+        }
+        if !(100..=10_000).contains(&self.tls_reload_ms) {
+            return Err(cerr("tls_reload_ms", "must be 100-10000"));
+        }
+        if !(1..=86_400).contains(&self.tls_expiry_check_secs) {
+            return Err(cerr("tls_expiry_check_secs", "must be 1-86400"));
+        }
+        if self.public_https_port == Some(0) {
+            return Err(cerr("public_https_port", "must be 1-65535"));
+        }
+        let proxies = self.trusted_proxy_cidrs()?;
+        if self.behind_proxy && proxies.is_empty() {
+            return Err(cerr(
+                "trusted_proxies",
+                "behind_proxy needs at least one CIDR of the proxies to trust (e.g. [\"10.0.0.0/8\"])",
+            ));
         }
         Ok(())
+    }
+
+    /// `trusted_proxies` parsed.
+    pub fn trusted_proxy_cidrs(&self) -> Result<Vec<crate::edge::Cidr>, ConfigError> {
+        self.trusted_proxies
+            .iter()
+            .map(|s| {
+                s.parse().map_err(|e: crate::edge::CidrError| {
+                    cerr("trusted_proxies", format!("{s:?}: {e}"))
+                })
+            })
+            .collect()
+    }
+
+    /// The certificate for unknown or missing SNI, or `None` to refuse.
+    pub fn default_cert(&self) -> Option<&str> {
+        match self.tls_unknown_sni {
+            UnknownSni::Default => Some(self.tls_default_cert.as_str()),
+            UnknownSni::Refuse => None,
+        }
     }
 
     pub fn listen_addr(&self) -> SocketAddr {
@@ -248,5 +386,47 @@ mod tests {
         assert!(e.field.contains("max_body_bytes"), "{e}");
         std::fs::write(&f, "colour = 1\n").unwrap();
         assert!(Config::load(Some(&f), &env(&[])).is_err());
+    }
+
+    #[test]
+    fn tls_and_edge_settings() {
+        let c = Config::load(None, &env(&[])).unwrap();
+        assert_eq!(c.default_cert(), Some("localhost"));
+        let c = Config::load(None, &env(&[("TOKENGATE_TLS_UNKNOWN_SNI", "refuse")])).unwrap();
+        assert_eq!(c.default_cert(), None);
+        let e = Config::load(None, &env(&[("TOKENGATE_TLS_UNKNOWN_SNI", "maybe")])).unwrap_err();
+        assert_eq!(e.field, "TOKENGATE_TLS_UNKNOWN_SNI");
+        let e = Config::load(None, &env(&[("TOKENGATE_BEHIND_PROXY", "true")])).unwrap_err();
+        assert_eq!(e.field, "trusted_proxies");
+        let c = Config::load(
+            None,
+            &env(&[
+                ("TOKENGATE_BEHIND_PROXY", "true"),
+                ("TOKENGATE_TRUSTED_PROXIES", "10.0.0.0/8, ::1/128"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.trusted_proxy_cidrs().unwrap().len(), 2);
+        let e =
+            Config::load(None, &env(&[("TOKENGATE_TRUSTED_PROXIES", "10.0.0.0/33")])).unwrap_err();
+        assert_eq!(e.field, "trusted_proxies");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "tls_cert = \"/etc/cert.pem\"\ntls_key = \"/etc/key.pem\"\n",
+        )
+        .unwrap();
+        let e = Config::load(Some(&f), &env(&[])).unwrap_err();
+        assert!(e.message.contains("certs add"), "{e}");
+        std::fs::write(
+            &f,
+            "tls_default_cert = \"shop\"\nhttp_listen = \"127.0.0.1:8080\"\nbehind_proxy = true\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&f), &env(&[])).unwrap();
+        assert_eq!(c.default_cert(), Some("shop"));
+        assert!(c.behind_proxy);
+        assert_eq!(c.http_listen.unwrap().port(), 8080);
     }
 }

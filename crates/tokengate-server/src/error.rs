@@ -60,7 +60,9 @@ impl From<VaultError> for ApiError {
     fn from(e: VaultError) -> Self {
         let status = match &e {
             VaultError::Card(_) | VaultError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            VaultError::TokenNotFound | VaultError::ApiKeyNotFound => StatusCode::NOT_FOUND,
+            VaultError::TokenNotFound
+            | VaultError::ApiKeyNotFound
+            | VaultError::NotFound { .. } => StatusCode::NOT_FOUND,
             VaultError::Unauthenticated => StatusCode::UNAUTHORIZED,
             VaultError::Forbidden { .. } => StatusCode::FORBIDDEN,
             VaultError::AuditUnavailable | VaultError::StoreUnavailable => {

@@ -8,7 +8,10 @@
 //!   rebuilt from the error's position and kind so that no value the caller
 //!   sent (a card number, a CVC) is ever echoed.
 //! - [`error`]: [`ApiError`], the single error body and status mapping.
-//! - [`tls`] and [`serve`]: rustls configuration and the accept loop.
+//! - [`tls`] and [`serve`]: rustls configuration (SNI resolver from the
+//!   certificate store, hot reload, expiry watch) and the accept loops (HTTPS,
+//!   and the optional plain-HTTP redirect listener).
+//! - [`edge`]: client address and scheme behind a proxy, redirect to HTTPS.
 //! - [`logging`]: the tracing subscriber whose writer masks card numbers.
 //! - [`config`]: file + environment configuration, validated before binding.
 
@@ -16,6 +19,7 @@
 
 pub mod app;
 pub mod config;
+pub mod edge;
 pub mod error;
 pub mod extract;
 pub mod logging;

@@ -7,9 +7,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokengate_vault::{DataDir, Vault, VaultConfig};
+use tokengate_tls::ReloadableResolver;
+use tokengate_vault::{Vault, VaultConfig};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 
 use crate::app::{AppState, router};
 use crate::config::Config;
@@ -65,54 +66,98 @@ pub fn state(vault: Arc<Vault>, config: &Config) -> AppState {
 /// A server running in the background.
 #[derive(Debug)]
 pub struct Running {
+    /// The HTTPS address.
     pub addr: SocketAddr,
+    /// The plain-HTTP (redirect) address, when `http_listen` is set.
+    pub http_addr: Option<SocketAddr>,
     pub vault: Arc<Vault>,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    /// The certificates new handshakes get (swapped on reload).
+    pub resolver: Arc<ReloadableResolver>,
+    stop: Option<watch::Sender<bool>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
     /// Stop accepting, finish open requests, and wait for the server to end.
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
-            let _ = s.send(());
+            let _ = s.send(true);
         }
-        let _ = self.task.await;
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
     }
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    Ok((listener, bound))
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 /// Open, bind and serve in the background.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let vault = open_vault(config).await?;
-    let dir = DataDir(config.data_dir.clone());
-    let (cert, key) = match (&config.tls_cert, &config.tls_key) {
-        (Some(c), Some(k)) => (c.clone(), k.clone()),
-        _ => (dir.tls_cert(), dir.tls_key()),
+    vault.import_legacy_tls_files().await?;
+    let default_cert = config.default_cert().map(str::to_owned);
+    let generation = vault.tls_generation().await?;
+    let resolver = Arc::new(ReloadableResolver::new(
+        tls::load_resolver(&vault, default_cert.as_deref()).await?,
+    ));
+    let tls = tls::server_config(resolver.clone())?;
+    let (listener, addr) = bind(config.listen_addr()).await?;
+    let http = match config.http_listen {
+        Some(a) => Some(bind(a).await?),
+        None => None,
     };
-    let tls = tls::server_config(&cert, &key)?;
-    let addr = config.listen_addr();
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| StartError::Bind { addr, source })?;
+    // Redirects name the port actually bound (port 0 in tests).
+    let mut config = config.clone();
+    config.listen = Some(addr);
     let sweeper = vault.spawn_cvc_sweeper(Duration::from_secs(config.cvc_sweep_secs));
     let checkpointer = vault.spawn_checkpointer(Duration::from_secs(config.audit_checkpoint_secs));
-    let app = router(state(vault.clone(), config));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        crate::serve::serve_tls(listener, tls, app, async {
-            let _ = stopped.await;
-        })
-        .await;
+    let reloader = tokio::spawn(tls::reload_loop(
+        vault.clone(),
+        resolver.clone(),
+        default_cert,
+        Duration::from_millis(config.tls_reload_ms),
+        generation,
+    ));
+    let expiry = tokio::spawn(tls::expiry_loop(
+        vault.clone(),
+        Duration::from_secs(config.tls_expiry_check_secs),
+    ));
+    let app = router(state(vault.clone(), &config));
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let http_addr = http.as_ref().map(|(_, a)| *a);
+    if let Some((listener, _)) = http {
+        let app = app.clone();
+        let rx = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            crate::serve::serve(listener, None, app, stopped(rx)).await;
+        }));
+    }
+    tasks.push(tokio::spawn(async move {
+        crate::serve::serve(listener, Some(tls), app, stopped(stop_rx)).await;
         sweeper.abort();
         checkpointer.abort();
-    });
+        reloader.abort();
+        expiry.abort();
+    }));
     Ok(Running {
         addr,
+        http_addr,
         vault,
+        resolver,
         stop: Some(stop),
-        task,
+        tasks,
     })
 }

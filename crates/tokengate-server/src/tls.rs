@@ -1,47 +1,164 @@
-//! rustls server configuration: TLS 1.2 and 1.3 only, AEAD suites only
-//! (Mozilla "intermediate"), ALPN h2 and http/1.1, session resumption by
-//! tickets and by session cache.
+//! rustls server configuration and the certificate lifecycle of a running
+//! server.
+//!
+//! - [`server_config`]: TLS 1.2 and 1.3 only, the provider's AEAD suites only
+//!   (ECDHE with AES-GCM or ChaCha20-Poly1305: Mozilla "intermediate"
+//!   without the DHE suites, which rustls does not implement), ALPN h2 and
+//!   http/1.1, session resumption by tickets and by session cache. The
+//!   certificate is chosen per handshake by SNI from a
+//!   [`ReloadableResolver`].
+//! - [`reload_loop`]: polls the store's change counter and swaps the
+//!   resolver when it changes, so certificate and domain changes made by the
+//!   CLI (in another process, or on another node) reach new handshakes
+//!   within one poll interval. The `ServerConfig` itself is never replaced:
+//!   open connections are untouched and session tickets stay valid.
+//! - [`expiry_loop`]: the `tokengate_tls_certificate_expiry_days` gauge, and
+//!   warnings at 30, 14 and 7 days in the log and the audit trail.
 
-use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::ServerConfig;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokengate_tls::ReloadableResolver;
+use tokengate_vault::Vault;
 
-/// A TLS set-up problem, naming the file.
+/// A TLS set-up problem.
 #[derive(Debug, thiserror::Error)]
 #[error("TLS: {0}")]
 pub struct TlsError(pub String);
 
-/// Build the server configuration from a PEM certificate chain and key.
-pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
-        .map_err(|e| TlsError(format!("{}: {e}", cert_path.display())))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| TlsError(format!("{}: {e}", cert_path.display())))?;
-    if certs.is_empty() {
-        return Err(TlsError(format!(
-            "{}: no certificate found",
-            cert_path.display()
-        )));
-    }
-    let key = PrivateKeyDer::from_pem_file(key_path)
-        .map_err(|e| TlsError(format!("{}: {e}", key_path.display())))?;
+/// The server configuration, answering each handshake from `resolver`.
+pub fn server_config(resolver: Arc<ReloadableResolver>) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| {
-            TlsError(format!(
-                "certificate and key do not match or are unsupported: {e}"
-            ))
-        })?;
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.ticketer =
         rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| TlsError(e.to_string()))?;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(64 * 1024);
     Ok(Arc::new(config))
+}
+
+/// Build a resolver from the store and report what was left out.
+pub async fn load_resolver(
+    vault: &Vault,
+    default_cert: Option<&str>,
+) -> Result<tokengate_tls::SniResolver, tokengate_vault::VaultError> {
+    let loaded = vault.tls_resolver(default_cert).await?;
+    for problem in &loaded.problems {
+        tracing::error!(%problem, "certificate store: entry not served");
+    }
+    if loaded.resolver.certificate_names().is_empty() {
+        tracing::warn!(
+            "the certificate store is empty: every TLS handshake is refused until `tokengate certs add` adds one"
+        );
+    }
+    Ok(loaded.resolver)
+}
+
+/// Reload `resolver` whenever the store's change counter moves. Runs until
+/// the task is aborted. A failed reload keeps the current certificates.
+pub async fn reload_loop(
+    vault: Arc<Vault>,
+    resolver: Arc<ReloadableResolver>,
+    default_cert: Option<String>,
+    every: Duration,
+    mut seen: Option<String>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let current = match vault.tls_generation().await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!(error = %e, "certificate store: cannot read the change counter");
+                continue;
+            }
+        };
+        if current == seen {
+            continue;
+        }
+        match load_resolver(&vault, default_cert.as_deref()).await {
+            Ok(next) => {
+                tracing::info!(
+                    certificates = next.certificate_names().len(),
+                    "certificate store changed: new handshakes use the new certificates"
+                );
+                resolver.replace(next);
+                seen = current;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "certificate store: reload failed; keeping the current certificates");
+            }
+        }
+    }
+}
+
+/// Expiry warning thresholds, in days, largest first.
+pub const EXPIRY_WARNING_DAYS: [i64; 3] = [30, 14, 7];
+
+/// The smallest threshold `days_left` is within, if any.
+pub fn expiry_threshold(days_left: i64) -> Option<i64> {
+    EXPIRY_WARNING_DAYS
+        .iter()
+        .rev()
+        .copied()
+        .find(|t| days_left <= *t)
+}
+
+/// One round of the expiry watch: set the gauge for every certificate, and
+/// record a warning for each certificate that crossed a threshold (once per
+/// certificate, leaf and threshold, across restarts and nodes).
+pub async fn check_expiry(vault: &Vault) -> Result<(), tokengate_vault::VaultError> {
+    for (name, days) in vault.certificate_expiry_days().await? {
+        metrics::gauge!("tokengate_tls_certificate_expiry_days", "certificate" => name)
+            .set(days as f64);
+    }
+    for cert in vault.expiring_certificates(30).await? {
+        let Some(threshold) = expiry_threshold(cert.days_left) else {
+            continue;
+        };
+        if vault.record_expiry_warning(&cert, threshold).await? {
+            tracing::warn!(
+                certificate = %cert.name,
+                days_left = cert.days_left,
+                expires_at = %cert.expires_at,
+                threshold_days = threshold,
+                "TLS certificate expires soon; renew it and run `tokengate certs update`"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Run [`check_expiry`] now and then every `every`.
+pub async fn expiry_loop(vault: Arc<Vault>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = check_expiry(&vault).await {
+            tracing::warn!(error = %e, "certificate expiry check failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds() {
+        assert_eq!(expiry_threshold(31), None);
+        assert_eq!(expiry_threshold(30), Some(30));
+        assert_eq!(expiry_threshold(15), Some(30));
+        assert_eq!(expiry_threshold(14), Some(14));
+        assert_eq!(expiry_threshold(8), Some(14));
+        assert_eq!(expiry_threshold(7), Some(7));
+        assert_eq!(expiry_threshold(-3), Some(7));
+    }
 }

@@ -25,6 +25,7 @@ pub mod model;
 mod schema;
 mod sqlite_writer;
 mod store;
+mod tls;
 mod wal_sync;
 
 pub use committer::GroupCommitter;

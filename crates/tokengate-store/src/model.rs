@@ -100,6 +100,8 @@ pub enum Op {
         key: String,
         value: String,
     },
+    /// Certificate store writes (see [`TlsOp`]).
+    Tls(TlsOp),
     /// Appends stored Merkle-tree hashes at `first_index..` (see
     /// `tokengate_audit::merkle`). Fails with a conflict if any exists.
     AppendTreeHashes {
@@ -158,6 +160,68 @@ pub enum JobError {
 }
 
 pub type JobResult = Result<Vec<OpOutput>, JobError>;
+
+/// A certificate in the TLS certificate store. The private key is held
+/// only sealed (`wrapped_dek`, `key_ciphertext`); everything else is public.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsCertRow {
+    /// Unique name (`brave-falcon-0042`).
+    pub name: String,
+    /// How it is managed: `manual`, `self-signed` or `acme`.
+    pub source: String,
+    /// PEM chain as served: leaf first.
+    pub chain_pem: String,
+    /// Certificate details (JSON written by the vault).
+    pub info_json: String,
+    /// End of the leaf's validity, Unix seconds.
+    pub not_after: i64,
+    /// Encoding of the sealed key DER: `pkcs8`, `pkcs1` or `sec1`.
+    pub key_format: String,
+    pub kek_version: u32,
+    pub wrapped_dek: Vec<u8>,
+    pub key_ciphertext: Vec<u8>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds.
+    pub updated_at: i64,
+}
+
+/// A domain and the certificate it is served with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsDomainRow {
+    /// Lower-case host name, or a wildcard `*.example.com`.
+    pub domain: String,
+    pub cert_name: Option<String>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds.
+    pub updated_at: i64,
+}
+
+/// Writes to the certificate store.
+#[derive(Clone, Debug)]
+pub enum TlsOp {
+    /// Fails the job with [`JobError::Conflict`] if the name is taken.
+    InsertCert(TlsCertRow),
+    /// Replaces everything but `name` and `created_at`. Output: rows affected.
+    UpdateCert(TlsCertRow),
+    /// Deletes the certificate; domains that used it keep existing without
+    /// a certificate (their `updated_at` becomes `now`). Output:
+    /// certificate rows affected.
+    DeleteCert { name: String, now: i64 },
+    /// Fails the job with [`JobError::Conflict`] if the domain exists.
+    /// Output: 0 (nothing written) when `cert_name` names no certificate.
+    InsertDomain(TlsDomainRow),
+    /// Points `domain` at `cert_name` (or at none). Output: 0 when the
+    /// domain does not exist or `cert_name` names no certificate.
+    UpdateDomain {
+        domain: String,
+        cert_name: Option<String>,
+        now: i64,
+    },
+    /// Output: rows affected.
+    DeleteDomain { domain: String },
+}
 
 /// A page of audit records, as stored.
 pub use tokengate_audit::StoredEvent;

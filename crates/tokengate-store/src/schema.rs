@@ -60,5 +60,23 @@ pub fn migrations(backend: Backend) -> Vec<(i64, Vec<String>)> {
              note TEXT NOT NULL, created_at {int} NOT NULL)"
         ),
     ];
-    vec![(1, v1), (2, v2)]
+    // Version 3: the TLS certificate store. Private keys are stored only
+    // sealed (tokengate-crypto `tls_key`): `key_ciphertext` under a per-key
+    // DEK, `wrapped_dek` under the `tls_key` KEK of `kek_version`. Domains
+    // point at a certificate by name; NULL means no certificate (no HTTPS
+    // for that name unless a default certificate is configured).
+    let v3 = vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS tls_certificates (name TEXT PRIMARY KEY, source TEXT NOT NULL, \
+             chain_pem TEXT NOT NULL, info_json TEXT NOT NULL, not_after {int} NOT NULL, \
+             key_format TEXT NOT NULL, kek_version {int} NOT NULL, wrapped_dek {blob} NOT NULL, \
+             key_ciphertext {blob} NOT NULL, created_at {int} NOT NULL, updated_at {int} NOT NULL)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS tls_domains (domain TEXT PRIMARY KEY, cert_name TEXT, \
+             created_at {int} NOT NULL, updated_at {int} NOT NULL)"
+        ),
+        "CREATE INDEX IF NOT EXISTS tls_domains_cert ON tls_domains (cert_name)".to_owned(),
+    ];
+    vec![(1, v1), (2, v2), (3, v3)]
 }

@@ -296,6 +296,7 @@ fn apply_ops(conn: &Connection, ops: &[Op]) -> rusqlite::Result<Vec<OpOutput>> {
                 )?
                 .execute(params![key, value])? as u64,
             ),
+            Op::Tls(op) => crate::tls::apply_sqlite(conn, op)?,
             Op::AppendTreeHashes { first_index, hashes } => {
                 let mut st = conn.prepare_cached("INSERT INTO audit_tree (idx, hash) VALUES (?1, ?2)")?;
                 for (k, h) in hashes.iter().enumerate() {

@@ -546,6 +546,11 @@ impl Store {
         Ok(())
     }
 
+    /// The read pool (for read helpers in sibling modules such as `tls`).
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     // ---- writes -----------------------------------------------------------
 
     /// Commit `jobs` in one transaction. Each job commits entirely or not at
@@ -1009,6 +1014,7 @@ async fn apply_ops(
                 .await?;
                 OpOutput::Affected(r.rows_affected())
             }
+            Op::Tls(op) => crate::tls::apply_any(conn, op).await?,
             Op::AppendTreeHashes {
                 first_index,
                 hashes,

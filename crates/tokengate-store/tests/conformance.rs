@@ -445,6 +445,201 @@ async fn api_keys_and_key_ring(store: &Store) {
 }
 conformance!(api_keys, api_keys_and_key_ring);
 
+fn cert_row(name: &str, not_after: i64) -> TlsCertRow {
+    TlsCertRow {
+        name: name.into(),
+        source: "manual".into(),
+        chain_pem: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".into(),
+        info_json: r#"{"common_names":["shop.example.com"]}"#.into(),
+        not_after,
+        key_format: "pkcs8".into(),
+        kek_version: 1,
+        wrapped_dek: vec![9; 60],
+        key_ciphertext: vec![8; 100],
+        created_at: 10,
+        updated_at: 10,
+    }
+}
+
+fn tls_job(ops: Vec<TlsOp>) -> Job {
+    Job {
+        ops: ops.into_iter().map(Op::Tls).collect(),
+        events: vec![event(Action::CertAdd, "tls")],
+        events_if_affected: vec![],
+    }
+}
+
+async fn tls_certificates_and_domains(store: &Store) {
+    let a = cert_row("brave-falcon-0042", 2_000_000_000);
+    let res = commit(
+        store,
+        &[tls_job(vec![
+            TlsOp::InsertCert(a.clone()),
+            TlsOp::InsertDomain(TlsDomainRow {
+                domain: "shop.example.com".into(),
+                cert_name: Some(a.name.clone()),
+                created_at: 10,
+                updated_at: 10,
+            }),
+            TlsOp::InsertDomain(TlsDomainRow {
+                domain: "*.example.com".into(),
+                cert_name: None,
+                created_at: 10,
+                updated_at: 10,
+            }),
+            // A domain pointing at a certificate that does not exist is not written.
+            TlsOp::InsertDomain(TlsDomainRow {
+                domain: "ghost.example.com".into(),
+                cert_name: Some("no-such-cert".into()),
+                created_at: 10,
+                updated_at: 10,
+            }),
+        ])],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        res[0],
+        Ok(vec![
+            OpOutput::Affected(1),
+            OpOutput::Affected(1),
+            OpOutput::Affected(1),
+            OpOutput::Affected(0)
+        ])
+    );
+    assert_eq!(store.tls_certificates().await.unwrap(), vec![a.clone()]);
+    assert_eq!(
+        store.tls_certificate(&a.name).await.unwrap(),
+        Some(a.clone())
+    );
+    assert_eq!(store.tls_certificate("nope").await.unwrap(), None);
+    let domains = store.tls_domains().await.unwrap();
+    assert_eq!(
+        domains
+            .iter()
+            .map(|d| (d.domain.as_str(), d.cert_name.as_deref()))
+            .collect::<Vec<_>>(),
+        vec![
+            ("*.example.com", None),
+            ("shop.example.com", Some("brave-falcon-0042"))
+        ]
+    );
+
+    // Duplicate name and duplicate domain: conflicts, rolled back alone.
+    let dup = commit(
+        store,
+        &[
+            tls_job(vec![TlsOp::InsertCert(a.clone())]),
+            tls_job(vec![TlsOp::InsertDomain(TlsDomainRow {
+                domain: "shop.example.com".into(),
+                cert_name: None,
+                created_at: 11,
+                updated_at: 11,
+            })]),
+            tls_job(vec![TlsOp::InsertCert(cert_row("calm-otter-0001", 1))]),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(dup[0], Err(JobError::Conflict));
+    assert_eq!(dup[1], Err(JobError::Conflict));
+    assert!(dup[2].is_ok());
+
+    // Update keeps the name and created_at.
+    let mut updated = cert_row(&a.name, 2_100_000_000);
+    updated.key_ciphertext = vec![7; 90];
+    updated.kek_version = 2;
+    updated.created_at = 999;
+    updated.updated_at = 50;
+    let res = commit(
+        store,
+        &[tls_job(vec![
+            TlsOp::UpdateCert(updated.clone()),
+            TlsOp::UpdateCert(cert_row("missing", 1)),
+            TlsOp::UpdateDomain {
+                domain: "*.example.com".into(),
+                cert_name: Some("calm-otter-0001".into()),
+                now: 51,
+            },
+            TlsOp::UpdateDomain {
+                domain: "*.example.com".into(),
+                cert_name: Some("no-such-cert".into()),
+                now: 52,
+            },
+            TlsOp::UpdateDomain {
+                domain: "nope.example.com".into(),
+                cert_name: None,
+                now: 52,
+            },
+        ])],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        res[0],
+        Ok(vec![
+            OpOutput::Affected(1),
+            OpOutput::Affected(0),
+            OpOutput::Affected(1),
+            OpOutput::Affected(0),
+            OpOutput::Affected(0)
+        ])
+    );
+    let stored = store.tls_certificate(&a.name).await.unwrap().unwrap();
+    assert_eq!(stored.created_at, 10);
+    assert_eq!(stored.updated_at, 50);
+    assert_eq!(stored.not_after, 2_100_000_000);
+    assert_eq!(stored.key_ciphertext, vec![7; 90]);
+    assert_eq!(stored.kek_version, 2);
+    let wild = store.tls_domain("*.example.com").await.unwrap().unwrap();
+    assert_eq!(wild.cert_name.as_deref(), Some("calm-otter-0001"));
+    assert_eq!(wild.updated_at, 51);
+
+    // Deleting a certificate leaves its domains without one.
+    let res = commit(
+        store,
+        &[tls_job(vec![
+            TlsOp::DeleteCert {
+                name: a.name.clone(),
+                now: 60,
+            },
+            TlsOp::DeleteDomain {
+                domain: "*.example.com".into(),
+            },
+            TlsOp::DeleteDomain {
+                domain: "*.example.com".into(),
+            },
+        ])],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        res[0],
+        Ok(vec![
+            OpOutput::Affected(1),
+            OpOutput::Affected(1),
+            OpOutput::Affected(0)
+        ])
+    );
+    let shop = store.tls_domain("shop.example.com").await.unwrap().unwrap();
+    assert_eq!(shop.cert_name, None);
+    assert_eq!(shop.updated_at, 60);
+    assert_eq!(store.tls_domain("*.example.com").await.unwrap(), None);
+    assert_eq!(
+        store
+            .tls_certificates()
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["calm-otter-0001"]
+    );
+    // Every committed job was audited, in one intact chain.
+    assert_eq!(verify(store).await, 4);
+}
+conformance!(tls_store, tls_certificates_and_domains);
+
 async fn group_commit_under_concurrency(store: &Store) {
     let committer = GroupCommitter::spawn(store.clone(), Arc::new(signer()), 64);
     let mut handles = Vec::new();

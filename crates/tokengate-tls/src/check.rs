@@ -300,6 +300,33 @@ pub fn check_certificate(
     key_pem: &[u8],
     options: &CheckOptions<'_>,
 ) -> Result<CheckedCertificate, CertError> {
+    check(bundle_pem, KeySource::Pem(key_pem), options)
+}
+
+/// Like [`check_certificate`], with a private key that was already loaded
+/// (for instance the stored key of a certificate being renewed with the
+/// same key).
+///
+/// # Errors
+/// The first check that fails, as a [`CertError`] naming the certificate.
+pub fn check_certificate_with_key(
+    bundle_pem: &[u8],
+    key: PrivateKey,
+    options: &CheckOptions<'_>,
+) -> Result<CheckedCertificate, CertError> {
+    check(bundle_pem, KeySource::Loaded(key), options)
+}
+
+enum KeySource<'a> {
+    Pem(&'a [u8]),
+    Loaded(PrivateKey),
+}
+
+fn check(
+    bundle_pem: &[u8],
+    key: KeySource<'_>,
+    options: &CheckOptions<'_>,
+) -> Result<CheckedCertificate, CertError> {
     let blocks = parse_bundle(bundle_pem)?;
     let mut certs = Vec::with_capacity(blocks.len());
     for block in &blocks {
@@ -336,7 +363,10 @@ pub fn check_certificate(
     let leaf = &certs[leaf_at];
     let leaf_name = display_name(leaf);
 
-    let key = PrivateKey::from_pem(key_pem)?;
+    let key = match key {
+        KeySource::Pem(pem) => PrivateKey::from_pem(pem)?,
+        KeySource::Loaded(key) => key,
+    };
     let key_matches = key
         .public_key_spki()
         .and_then(|spki| {

@@ -230,6 +230,44 @@ pub enum CertError {
         /// The domain as given.
         domain: String,
     },
+
+    /// An IP address was given where a domain (a name clients send in SNI)
+    /// is needed.
+    #[error(
+        "{domain:?} is an IP address; clients never send IP addresses in SNI, so only host names can be mapped (connections by IP address get the default certificate)"
+    )]
+    DomainIsIp {
+        /// The address as given.
+        domain: String,
+    },
+}
+
+impl CertError {
+    /// A stable snake_case code for this error, for scripts and the API.
+    /// Codes never change meaning; new variants get new codes.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NoPemBlock { .. } => "pem_missing",
+            Self::Pem { problem, .. } => match problem {
+                PemProblem::EncryptedKey => "key_encrypted",
+                PemProblem::UnsupportedKey => "key_unsupported",
+                PemProblem::NotACertificate { .. } => "cert_invalid",
+                PemProblem::UnexpectedLabel { .. } => "pem_unexpected_block",
+                _ => "pem_invalid",
+            },
+            Self::MultipleKeys { .. } => "key_multiple",
+            Self::UnsupportedKeyType { .. } => "cert_key_type_unsupported",
+            Self::WeakRsaKey { .. } => "rsa_key_too_weak",
+            Self::KeyMismatch { .. } => "key_mismatch",
+            Self::Expired { .. } => "cert_expired",
+            Self::NotYetValid { .. } => "cert_not_yet_valid",
+            Self::ChainIncomplete { .. } => "chain_incomplete",
+            Self::WeakSignature { .. } => "weak_signature",
+            Self::DomainNotCovered { .. } => "domain_not_covered",
+            Self::InvalidDomain { .. } => "invalid_domain",
+            Self::DomainIsIp { .. } => "domain_is_ip",
+        }
+    }
 }
 
 fn sans_list(sans: &[String]) -> String {

@@ -20,6 +20,24 @@ pub enum KeyFormat {
     Sec1,
 }
 
+impl KeyFormat {
+    /// Stable lower-case name (`pkcs8`, `pkcs1`, `sec1`), for storage.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pkcs8 => "pkcs8",
+            Self::Pkcs1 => "pkcs1",
+            Self::Sec1 => "sec1",
+        }
+    }
+
+    /// The format named by [`as_str`](Self::as_str).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Pkcs8, Self::Pkcs1, Self::Sec1]
+            .into_iter()
+            .find(|f| f.as_str() == name)
+    }
+}
+
 /// A private key in DER form.
 ///
 /// Invariant: the bytes are wiped from memory when the value is dropped, and
@@ -91,6 +109,13 @@ impl PrivateKey {
             return Err(block.error(which, PemProblem::UnsupportedKey));
         }
         Ok(key)
+    }
+
+    /// A key from DER bytes of a known encoding (for instance decrypted
+    /// from the certificate store). `None` when rustls cannot load it.
+    pub fn from_der(format: KeyFormat, der: Zeroizing<Vec<u8>>) -> Option<Self> {
+        let key = Self { format, der };
+        key.public_key_spki().map(|_| key)
     }
 
     /// The DER SubjectPublicKeyInfo of the key, or `None` when the key is

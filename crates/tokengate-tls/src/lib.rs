@@ -8,9 +8,15 @@
 //! SANs with wildcards, RSA ≥ 2048 bits, no SHA-1/MD5 signatures), the
 //! details `certs info` shows ([`CertInfo`]), and memorable generated names.
 //!
+//! It also owns the SNI resolver ([`SniResolver`]: exact domain, then
+//! wildcard, then a default or refusal) and the swappable handle rustls holds
+//! for hot reload ([`ReloadableResolver`]), plus the domain names certificates
+//! are mapped to ([`DomainName`]) and the PEM form chains are stored in.
+//!
 //! It does no I/O: bytes and the current time come in, results go out. The
-//! certificate store, SNI resolver, hot reload and ACME will live here too;
-//! they are not built yet.
+//! certificate store itself (database rows, private keys sealed under the
+//! vault's key ring) is in `tokengate-vault`; reload polling is in
+//! `tokengate-server`. ACME is not built yet.
 //!
 //! Private keys are held in [`PrivateKey`], which zeroizes its bytes on drop
 //! and never prints them. Signatures are verified with aws-lc-rs (through
@@ -32,12 +38,18 @@ mod error;
 mod key;
 mod names;
 mod pem;
+mod resolver;
 mod roots;
 mod san;
 
-pub use check::{CertInfo, CheckOptions, CheckedCertificate, KeyType, check_certificate};
+pub use check::{
+    CertInfo, CheckOptions, CheckedCertificate, KeyType, check_certificate,
+    check_certificate_with_key,
+};
 pub use error::{CertError, PemInput, PemProblem};
 pub use key::{KeyFormat, PrivateKey};
 pub use names::memorable_name;
+pub use pem::{chain_from_pem, chain_to_pem};
+pub use resolver::{ReloadableResolver, ResolverError, SniResolver};
 pub use roots::TrustRoots;
-pub use san::{SubjectAltName, covers};
+pub use san::{DomainName, SubjectAltName, covers, covers_domain};

@@ -132,6 +132,45 @@ pub(crate) fn parse(input: &[u8], which: PemInput) -> Result<Vec<PemBlock>, Cert
     Ok(blocks)
 }
 
+/// Encodes a certificate chain as PEM (`CERTIFICATE` blocks, 64-column
+/// base64), in the order given. For public certificates only.
+pub fn chain_to_pem(chain: &[rustls::pki_types::CertificateDer<'_>]) -> String {
+    let mut out = String::new();
+    for cert in chain {
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        let b64 = data_encoding::BASE64.encode(cert.as_ref());
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(line));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out
+}
+
+/// Decodes what [`chain_to_pem`] wrote (any `CERTIFICATE` blocks, in order).
+///
+/// # Errors
+/// A [`CertError::Pem`] naming the damaged block, or
+/// [`CertError::NoPemBlock`] when there is no certificate.
+pub fn chain_from_pem(
+    input: &str,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, CertError> {
+    let which = PemInput::Certificates;
+    let chain: Vec<_> = parse(input.as_bytes(), which)?
+        .into_iter()
+        .filter(|b| b.label == "CERTIFICATE")
+        .map(|b| rustls::pki_types::CertificateDer::from(b.der.to_vec()))
+        .collect();
+    if chain.is_empty() {
+        return Err(CertError::NoPemBlock {
+            input: which,
+            expected: "CERTIFICATE",
+        });
+    }
+    Ok(chain)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,6 +288,21 @@ mod tests {
                 problem: PemProblem::EncryptedKey,
                 ..
             }
+        ));
+    }
+
+    #[test]
+    fn chain_pem_round_trip() {
+        let chain = vec![
+            rustls::pki_types::CertificateDer::from(vec![7_u8; 100]),
+            rustls::pki_types::CertificateDer::from(vec![1_u8, 2, 3]),
+        ];
+        let pem = chain_to_pem(&chain);
+        assert!(pem.lines().all(|l| l.len() <= 64));
+        assert_eq!(chain_from_pem(&pem).unwrap(), chain);
+        assert!(matches!(
+            chain_from_pem(""),
+            Err(CertError::NoPemBlock { .. })
         ));
     }
 }

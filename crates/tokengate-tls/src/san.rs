@@ -111,6 +111,77 @@ pub fn covers(sans: &[SubjectAltName], domain: &str) -> Result<bool, CertError> 
     Ok(sans.iter().any(|san| san.covers(&host)))
 }
 
+/// A domain as mapped to a certificate: a host name (`shop.example.com`) or
+/// a wildcard for one label (`*.example.com`), lower-case, without a
+/// trailing dot. IP addresses are refused: clients never send them in SNI.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DomainName(String);
+
+impl DomainName {
+    /// Validates and normalises `domain`.
+    ///
+    /// # Errors
+    /// [`CertError::DomainIsIp`] for an IP address; [`CertError::InvalidDomain`]
+    /// for anything else that is not a host name or `*.` + a host name of at
+    /// least two labels.
+    pub fn parse(domain: &str) -> Result<Self, CertError> {
+        let invalid = || CertError::InvalidDomain {
+            domain: domain.to_owned(),
+        };
+        let (wildcard, rest) = match domain.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, domain),
+        };
+        match Host::parse(rest) {
+            Ok(Host::Ip(_)) if !wildcard => Err(CertError::DomainIsIp {
+                domain: domain.to_owned(),
+            }),
+            Ok(Host::Dns(name)) => {
+                // `*.com` would claim a whole top-level domain.
+                if wildcard && !name.contains('.') {
+                    return Err(invalid());
+                }
+                Ok(Self(if wildcard { format!("*.{name}") } else { name }))
+            }
+            _ => Err(invalid()),
+        }
+    }
+
+    /// The normalised name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether this is a wildcard (`*.example.com`).
+    pub fn is_wildcard(&self) -> bool {
+        self.0.starts_with("*.")
+    }
+}
+
+impl fmt::Display for DomainName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether `sans` cover a mapped domain. A host name is covered as in
+/// [`covers`]; a wildcard domain only by the same wildcard SAN (a list of
+/// host names cannot cover every name under a parent).
+pub fn covers_domain(sans: &[SubjectAltName], domain: &DomainName) -> bool {
+    if domain.is_wildcard() {
+        sans.iter().any(|san| match san {
+            SubjectAltName::Dns(name) => name
+                .strip_suffix('.')
+                .unwrap_or(name)
+                .eq_ignore_ascii_case(domain.as_str()),
+            SubjectAltName::Ip(_) => false,
+        })
+    } else {
+        let host = Host::Dns(domain.as_str().to_owned());
+        sans.iter().any(|san| san.covers(&host))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,5 +238,51 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn domain_names_normalise_and_wildcards_cover_only_themselves() {
+        let d = DomainName::parse("Shop.Example.COM.").unwrap();
+        assert_eq!(d.as_str(), "shop.example.com");
+        assert!(!d.is_wildcard());
+        let w = DomainName::parse("*.Example.com").unwrap();
+        assert_eq!(w.as_str(), "*.example.com");
+        assert!(w.is_wildcard());
+        for bad in [
+            "",
+            "*.com",
+            "*",
+            "*.",
+            "a.*.com",
+            "**.a.com",
+            "a b.com",
+            "*.*.a.com",
+        ] {
+            assert!(
+                matches!(DomainName::parse(bad), Err(CertError::InvalidDomain { .. })),
+                "{bad}"
+            );
+        }
+        for ip in ["192.0.2.1", "::1", "[2001:db8::1]"] {
+            assert!(
+                matches!(DomainName::parse(ip), Err(CertError::DomainIsIp { .. })),
+                "{ip}"
+            );
+        }
+        let sans = [dns("*.example.com"), dns("example.com")];
+        assert!(covers_domain(&sans, &w));
+        assert!(covers_domain(
+            &sans,
+            &DomainName::parse("a.example.com").unwrap()
+        ));
+        assert!(covers_domain(
+            &sans,
+            &DomainName::parse("example.com").unwrap()
+        ));
+        assert!(!covers_domain(
+            &sans,
+            &DomainName::parse("*.a.example.com").unwrap()
+        ));
+        assert!(!covers_domain(&[dns("a.example.com")], &w));
     }
 }

@@ -15,6 +15,9 @@ pub enum VaultError {
     Invalid { code: &'static str, message: String },
     #[error("no token with that value exists")]
     TokenNotFound,
+    /// A named object (certificate, domain) does not exist.
+    #[error("{message}")]
+    NotFound { code: &'static str, message: String },
     #[error("no API key with that id exists")]
     ApiKeyNotFound,
     #[error("missing or invalid API key; send `Authorization: Bearer <api key>`")]
@@ -45,6 +48,7 @@ impl VaultError {
             VaultError::Card(c) => c.code(),
             VaultError::Invalid { code, .. } => code,
             VaultError::TokenNotFound => "token_not_found",
+            VaultError::NotFound { code, .. } => code,
             VaultError::ApiKeyNotFound => "api_key_not_found",
             VaultError::Unauthenticated => "unauthorized",
             VaultError::Forbidden { .. } => "forbidden",

@@ -15,8 +15,10 @@ use serde::Serialize;
 use tokengate_audit::{Action, AuditEvent, Ident, Outcome};
 use tokengate_crypto::{FileRootKey, KeyRing};
 use tokengate_store::{Job, KeyRow, Op, Store};
+use tokengate_tls::TrustRoots;
 
 use crate::access::{RequestMeta, Role};
+use crate::certs::{CertActor, CertSource, LOCALHOST_CERT, NewCertificate};
 use crate::clock::now_ms;
 use crate::error::VaultError;
 use crate::open::{DataDir, RingSigner, Vault, VaultConfig, is_fresh};
@@ -35,6 +37,7 @@ pub struct InitOutput {
     pub data_dir: String,
     pub database: String,
     pub root_key_file: String,
+    /// Name of the self-signed certificate in the certificate store.
     pub tls_certificate: String,
     pub audit_public_key: String,
 }
@@ -55,8 +58,8 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), VaultError> {
     f.sync_all().map_err(|e| io_err("cannot sync", path, e))
 }
 
-/// Create a self-signed certificate for localhost (until a certificate store
-/// holds real ones). Returns (cert PEM, key PEM).
+/// Create a self-signed certificate for localhost, 127.0.0.1 and ::1.
+/// Returns (cert PEM, key PEM); the caller stores it sealed.
 fn self_signed() -> Result<(String, zeroize::Zeroizing<String>), VaultError> {
     let names = vec![
         "localhost".to_owned(),
@@ -159,16 +162,25 @@ pub async fn init(opts: &InitOptions) -> Result<InitOutput, VaultError> {
         )
         .await?;
     let audit_public_key = HEXLOWER.encode(&vault.audit_public_key()?);
-    vault.store().close().await;
 
-    let tls_dir = dir.0.join("tls");
-    DirBuilder::new()
-        .mode(0o700)
-        .create(&tls_dir)
-        .map_err(|e| io_err("cannot create", &tls_dir, e))?;
+    // The self-signed certificate goes into the certificate store like any
+    // other: its key sealed under the key ring, never written to a file.
     let (cert, key) = self_signed()?;
-    write_file(&dir.tls_cert(), cert.as_bytes(), 0o644)?;
-    write_file(&dir.tls_key(), key.as_bytes(), 0o600)?;
+    let domains = [LOCALHOST_CERT.to_owned()];
+    vault
+        .add_certificate(
+            NewCertificate {
+                bundle_pem: cert.as_bytes(),
+                key_pem: key.as_bytes(),
+                name: Some(LOCALHOST_CERT),
+                domains: &domains,
+                source: CertSource::SelfSigned,
+            },
+            &TrustRoots::new(),
+            &CertActor::system(),
+        )
+        .await?;
+    vault.store().close().await;
 
     Ok(InitOutput {
         admin_api_key: admin.secret.to_string(),
@@ -180,7 +192,7 @@ pub async fn init(opts: &InitOptions) -> Result<InitOutput, VaultError> {
             dir.database().display().to_string()
         },
         root_key_file: dir.root_key().display().to_string(),
-        tls_certificate: dir.tls_cert().display().to_string(),
+        tls_certificate: LOCALHOST_CERT.to_owned(),
         audit_public_key,
     })
 }

@@ -13,6 +13,7 @@
 pub mod access;
 pub mod auditlog;
 pub mod cards;
+pub mod certs;
 pub mod clock;
 pub mod error;
 pub mod init;
@@ -22,6 +23,10 @@ pub mod sweeper;
 pub use access::{ApiKeyInfo, Caller, NewApiKey, RequestMeta, Role};
 pub use auditlog::{ConsistencyProof, InclusionProof, verify_store};
 pub use cards::{CardInput, RevealedCard, TokenInfo, TokenizeOutcome, TokenizeRequest};
+pub use certs::{
+    CertActor, CertExpiry, CertSource, CertificateView, DomainView, LoadedResolver, NewCertificate,
+    RemovedCertificate, load_trust_roots,
+};
 pub use error::VaultError;
 pub use init::{InitOptions, InitOutput, init};
 pub use open::{DataDir, Vault, VaultConfig, is_fresh};

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use tokengate_audit::SignedHead;
 use tokengate_audit::chain::ChainHash;
+use tokengate_audit::{Action, AuditEvent, Ident, Outcome, SafeText};
 use tokengate_crypto::{FileRootKey, KeyPurpose, KeyRing, KeyState, RootKeyProvider, WrappedKey};
-use tokengate_store::{GroupCommitter, HeadSigner, KeyRow, Store};
+use tokengate_store::{GroupCommitter, HeadSigner, Job, KeyRow, Op, Store};
 
 use crate::access::CachedKey;
 use crate::error::VaultError;
@@ -24,9 +25,13 @@ impl DataDir {
     pub fn root_key(&self) -> PathBuf {
         FileRootKey::path_in(&self.0)
     }
+    /// Legacy (before the certificate store): the self-signed certificate
+    /// file. Imported into the store on first start, see
+    /// `Vault::import_legacy_tls_files`.
     pub fn tls_cert(&self) -> PathBuf {
         self.0.join("tls").join("cert.pem")
     }
+    /// Legacy: the clear-text key file; deleted once imported.
     pub fn tls_key(&self) -> PathBuf {
         self.0.join("tls").join("key.pem")
     }
@@ -115,6 +120,61 @@ pub(crate) fn key_rows_to_wrapped(rows: &[KeyRow]) -> Result<Vec<WrappedKey>, Va
         .collect()
 }
 
+fn load_ring(root: &dyn RootKeyProvider, rows: &[KeyRow]) -> Result<Arc<KeyRing>, VaultError> {
+    let wrapped = key_rows_to_wrapped(rows)?;
+    Ok(Arc::new(
+        KeyRing::load(root, &wrapped, &HashMap::new()).map_err(|e| {
+            VaultError::Setup(format!(
+                "cannot unwrap the key ring with this root key: {e}"
+            ))
+        })?,
+    ))
+}
+
+/// Create version 1 of every key purpose that has no version yet. Returns
+/// whether anything was created. Two processes racing here both succeed:
+/// the second one's insert conflicts and is dropped.
+async fn add_missing_purposes(
+    store: &Store,
+    root: &dyn RootKeyProvider,
+    rows: &[KeyRow],
+    ring: Arc<KeyRing>,
+) -> Result<bool, VaultError> {
+    let missing: Vec<KeyPurpose> = KeyPurpose::ALL
+        .into_iter()
+        .filter(|p| !rows.iter().any(|r| r.purpose == p.as_str()))
+        .collect();
+    if missing.is_empty() {
+        return Ok(false);
+    }
+    let now = crate::clock::now_ms();
+    let mut jobs = Vec::new();
+    for purpose in missing {
+        let w = KeyRing::generate_version(root, purpose, 1, now / 1000)?;
+        let mut ev = AuditEvent::new(
+            now,
+            Action::KeyCreate,
+            Outcome::Success,
+            Ident::from_static("system"),
+        );
+        ev.subject = Ident::new(purpose.as_str());
+        ev.detail = Some(SafeText::new("version=1 reason=new_purpose"));
+        jobs.push(Job {
+            ops: vec![Op::InsertKey(KeyRow {
+                purpose: purpose.as_str().to_owned(),
+                version: w.version,
+                state: w.state.as_str().to_owned(),
+                created_at: w.created_at,
+                wrapped: w.wrapped,
+            })],
+            events: vec![ev],
+            ..Job::default()
+        });
+    }
+    store.commit(jobs, Arc::new(RingSigner(ring))).await?;
+    Ok(true)
+}
+
 impl Vault {
     /// Open an initialised data directory. Must run inside a tokio runtime.
     pub async fn open(config: VaultConfig) -> Result<Vault, VaultError> {
@@ -140,12 +200,13 @@ impl Vault {
                 "the database holds no keys: run `tokengate init` first".into(),
             ));
         }
-        let wrapped = key_rows_to_wrapped(&rows)?;
-        let ring = Arc::new(KeyRing::load(root, &wrapped, &HashMap::new()).map_err(|e| {
-            VaultError::Setup(format!(
-                "cannot unwrap the key ring with this root key: {e}"
-            ))
-        })?);
+        let ring = load_ring(root, &rows)?;
+        // Purposes added after this data directory was made (e.g. `tls_key`)
+        // get their first version now, audited like any key creation.
+        let ring = match add_missing_purposes(&store, root, &rows, ring.clone()).await? {
+            true => load_ring(root, &store.keys().await?)?,
+            false => ring,
+        };
         let tenant = store
             .meta("default_tenant")
             .await?

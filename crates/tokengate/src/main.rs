@@ -2,8 +2,9 @@
 //! everything it does lives in library crates that tests reach directly.
 //!
 //! Exit codes: 0 success; 1 failure (including `audit verify` finding
-//! tampering, and `scan` finding card numbers); 2 usage error (clap, or a
-//! `scan` error); 64 invalid configuration.
+//! tampering, `scan` finding card numbers, and every refused `certs` /
+//! `domains` change, reported as `error[code]: message`); 2 usage error
+//! (clap, or a `scan` error); 64 invalid configuration.
 
 #![forbid(unsafe_code)]
 // The CLI's job is to print to the terminal.
@@ -16,6 +17,8 @@ use std::process::ExitCode;
 mod audit_cmd;
 
 use audit_cmd::AuditCmd;
+mod certs;
+
 use clap::{Parser, Subcommand};
 use tokengate_server::config::{Config, ProcessEnv};
 use tokengate_vault::{InitOptions, is_fresh};
@@ -55,6 +58,10 @@ enum Cmd {
         #[arg(long)]
         dev: bool,
     },
+    /// TLS certificates: list (no subcommand), add, info, update, remove.
+    Certs(certs::CertsArgs),
+    /// Domains and the certificate each is served with: list, add, update, remove.
+    Domains(certs::DomainsArgs),
     /// Audit trail commands.
     Audit {
         #[command(subcommand)]
@@ -118,6 +125,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dev,
         } => serve(data_dir, listen, config, dev).await,
         Cmd::Audit { cmd } => audit_cmd::run(cmd).await,
+        Cmd::Certs(args) => Ok(certs::run_certs(args).await),
+        Cmd::Domains(args) => Ok(certs::run_domains(args).await),
         // Handled in `main` before the runtime starts.
         Cmd::Scan(_) => Ok(ExitCode::from(2)),
         Cmd::Openapi => {
@@ -135,7 +144,7 @@ fn print_init(out: &tokengate_vault::InitOutput) {
         out.root_key_file
     );
     println!(
-        "  TLS certificate:  {} (self-signed for localhost)",
+        "  TLS certificate:  {:?} in the certificate store (self-signed for localhost; see `tokengate certs`)",
         out.tls_certificate
     );
     println!("  audit public key: {}", out.audit_public_key);
@@ -173,6 +182,9 @@ async fn serve(
         print_init(&out);
     }
     let running = tokengate_server::run::start(&cfg).await?;
+    if let Some(http) = running.http_addr {
+        println!("tokengate redirecting http://{http} to HTTPS");
+    }
     println!("tokengate listening on https://{}", running.addr);
     let _ = std::io::stdout().flush();
     tracing::info!(addr = %running.addr, data_dir = %cfg.data_dir.display(), "serving");

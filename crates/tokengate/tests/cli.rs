@@ -31,7 +31,10 @@ fn init_creates_and_refuses_to_overwrite() {
     assert!(v["admin_api_key"].as_str().unwrap().starts_with("tg_"));
     let mode = |p: &str| std::fs::metadata(dir.join(p)).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode("root.key"), 0o600);
-    assert_eq!(mode("tls/key.pem"), 0o600);
+    // The self-signed certificate is in the certificate store (key sealed),
+    // not in files.
+    assert_eq!(v["tls_certificate"], "localhost");
+    assert!(!dir.join("tls").exists());
     assert_eq!(mode("tokengate.db"), 0o600);
     assert_eq!(mode(""), 0o700);
     let root_before = std::fs::read(dir.join("root.key")).unwrap();
