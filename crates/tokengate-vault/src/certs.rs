@@ -329,7 +329,7 @@ impl Vault {
         &self,
         action: Action,
         actor: &CertActor,
-        subject: &str,
+        subject: Option<&str>,
         detail: String,
     ) -> AuditEvent {
         let mut ev = event(
@@ -339,7 +339,7 @@ impl Vault {
             Some(&self.tenant),
             &actor.meta,
         );
-        ev.subject = Ident::new(subject);
+        ev.subject = subject.and_then(Ident::new);
         ev.detail = Some(SafeText::new(&detail));
         ev
     }
@@ -562,7 +562,7 @@ impl Vault {
         let ev = self.tls_event(
             Action::CertAdd,
             actor,
-            &name,
+            Some(&name),
             format!(
                 "sha256={} expires={} trusted={} domains={}",
                 info.sha256_fingerprint,
@@ -651,7 +651,7 @@ impl Vault {
         let ev = self.tls_event(
             Action::CertUpdate,
             actor,
-            name,
+            Some(name),
             format!(
                 "old_sha256={} new_sha256={} expires={} key={}",
                 old_info.sha256_fingerprint,
@@ -698,7 +698,7 @@ impl Vault {
         let ev = self.tls_event(
             Action::CertRemove,
             actor,
-            name,
+            Some(name),
             format!(
                 "sha256={} domains_without_certificate={}",
                 info.sha256_fingerprint,
@@ -815,7 +815,7 @@ impl Vault {
         let ev = self.tls_event(
             Action::DomainAdd,
             actor,
-            cert.unwrap_or("none"),
+            cert,
             format!("domain={d} certificate={}", cert.unwrap_or("none")),
         );
         let op = TlsOp::InsertDomain(TlsDomainRow {
@@ -861,7 +861,7 @@ impl Vault {
         let ev = self.tls_event(
             Action::DomainUpdate,
             actor,
-            cert,
+            Some(cert),
             format!(
                 "domain={d} certificate={cert} previous={}",
                 existing.cert_name.as_deref().unwrap_or("none")
@@ -912,7 +912,7 @@ impl Vault {
         let ev = self.tls_event(
             Action::DomainRemove,
             actor,
-            cert.as_deref().unwrap_or("none"),
+            cert.as_deref(),
             format!(
                 "domain={d} certificate={}",
                 cert.as_deref().unwrap_or("none")
@@ -1054,7 +1054,7 @@ impl Vault {
         let ev = self.tls_event(
             Action::CertExpiryWarning,
             &actor,
-            &cert.name,
+            Some(&cert.name),
             format!(
                 "threshold_days={threshold_days} days_left={} expires={} sha256={}",
                 cert.days_left, cert.expires_at, cert.sha256_fingerprint

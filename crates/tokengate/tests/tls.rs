@@ -1627,3 +1627,92 @@ fn legacy_certificate_files_are_imported_and_the_key_file_deleted() {
             .any(|e| e["action"] == "cert_add" && e["actor"] == "system")
     );
 }
+
+#[test]
+fn two_nodes_on_postgresql_reload_a_certificate_added_by_the_cli() {
+    let Ok(url) = std::env::var("TOKENGATE_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must set TOKENGATE_TEST_POSTGRES_URL"
+        );
+        return;
+    };
+    let schema = format!("tls_e2e_{}", std::process::id());
+    let admin_url = url.clone();
+    let drop_sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}");
+    blocking(async move {
+        let admin = Store::connect(&admin_url).await.unwrap();
+        admin.execute_raw_for_tests(&drop_sql).await.unwrap();
+        admin.close().await;
+    });
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let node_url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+    let db = [("DATABASE_URL", node_url.as_str())];
+
+    let base = test_dir("tls-pg-");
+    let data = base.join("data");
+    let out = bin()
+        .args(["init", "--json", "--data-dir"])
+        .arg(&data)
+        .env("DATABASE_URL", &node_url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let one = Edge::start(&data, &base.join("node1.log"), &db);
+    let two = Edge::start(&data, &base.join("node2.log"), &db);
+
+    let pki = pki();
+    let shop = leaf("pg.test", &["pg.test"], &pki.inter);
+    let (crt, key) = files(&base, "pg", &shop, &pki);
+    let (code, v, err) = tg_json(
+        &data,
+        &[
+            "certs",
+            "add",
+            crt.to_str().unwrap(),
+            key.to_str().unwrap(),
+            "--domain",
+            "pg.test",
+            "--name",
+            "pg",
+        ],
+        &db,
+    );
+    assert_eq!(code, 0, "{v} {err}");
+    for node in [&one, &two] {
+        let took = within(Duration::from_secs(1), || {
+            served_leaf(node.https, Some("pg.test")).unwrap() == shop.der()
+        });
+        assert!(
+            took.is_some(),
+            "a node did not pick up the certificate within 1 s"
+        );
+    }
+    let (code, v, _) = tg_json(&data, &["domains"], &db);
+    assert_eq!(code, 0);
+    assert!(
+        v["domains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["domain"] == "pg.test" && d["certificate"] == "pg"),
+        "{v}"
+    );
+    drop(one);
+    drop(two);
+    let out = bin()
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&data)
+        .env("DATABASE_URL", &node_url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
