@@ -110,10 +110,15 @@ impl Vault {
         let latest = self.store.latest_checkpoint().await?;
         let from = latest.as_ref().map_or(0, |c| c.tree_size);
         let head = self.store.audit_head().await?.map_or(0, |h| h.seq);
-        if head <= from
-            && let Some(c) = &latest
-        {
-            return open_row(c, &self.audit_public_key()?);
+        if head <= from {
+            return match &latest {
+                Some(c) => open_row(c, &self.audit_public_key()?),
+                // An empty log has nothing to pin.
+                None => Err(VaultError::Invalid {
+                    code: "no_records",
+                    message: "the audit log has no records yet".into(),
+                }),
+            };
         }
         let mut leaves = Vec::with_capacity(usize::try_from(head - from).unwrap_or(0));
         let mut after = from;
@@ -183,8 +188,11 @@ impl Vault {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if let Err(e) = vault.checkpoint().await {
-                    tracing::error!(code = e.code(), error = %e, "audit checkpoint failed; will retry");
+                match vault.checkpoint().await {
+                    Ok(_) | Err(VaultError::Invalid { .. }) => {}
+                    Err(e) => {
+                        tracing::error!(code = e.code(), error = %e, "audit checkpoint failed; will retry");
+                    }
                 }
             }
         })
