@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Vault throughput over HTTPS keep-alive: tokenize, reveal and /healthz on the
 # same server in one run. Needs a release build and wrk (apt-get install wrk).
-# Usage: bench/run-vault-bench.sh [duration_s] [connections]
+# Usage: [TOKENGATE_BIN=path] bench/run-vault-bench.sh [duration_s] [connections]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR="${1:-20}"; CONN="${2:-64}"
-BIN="${CARGO_TARGET_DIR:-$HOME/.cache/tokengate-target}/release/tokengate"
+BIN="${TOKENGATE_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/tokengate-target}/release/tokengate}"
 WORK="$(mktemp -d /tmp/tg-bench-XXXXXX)"
 ADMIN=$("$BIN" init --json --data-dir "$WORK/data" | python3 -c 'import json,sys; print(json.load(sys.stdin)["admin_api_key"])')
 TOKENGATE_LOG=warn "$BIN" serve --data-dir "$WORK/data" --listen 127.0.0.1:18943 > "$WORK/out" 2> "$WORK/err" &

@@ -8,15 +8,23 @@
 //! - [`head`]: the newest (seq, hash) signed with the audit Ed25519 key, so
 //!   cutting records off the end is caught too.
 //! - [`verify`]: walks the stored records and names the first bad one.
+//! - [`merkle`]: an RFC 6962 Merkle tree over the records, with inclusion
+//!   and consistency proofs.
+//! - [`checkpoint`]: signed tree heads (C2SP tlog-checkpoint notes) that,
+//!   kept outside tokengate, catch a log rewritten and re-chained by someone
+//!   who holds the database and the signing key.
 
 #![forbid(unsafe_code)]
 
 pub mod chain;
+pub mod checkpoint;
 pub mod event;
 pub mod head;
+pub mod merkle;
 pub mod verify;
 
 pub use chain::{ChainHash, GENESIS, StoredEvent, chain_hash};
+pub use checkpoint::{CheckpointError, SignedCheckpoint};
 pub use event::{Action, AuditEvent, Ident, Outcome, SafeText};
 pub use head::SignedHead;
 pub use verify::{Verifier, VerifyError, VerifyReport};

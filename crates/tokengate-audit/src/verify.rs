@@ -30,6 +30,28 @@ pub enum VerifyError {
     BadHeadSignature,
     #[error("the trail has records but no signed head")]
     MissingHead,
+    #[error("the stored checkpoint at {size} records is not signed by this vault's audit key")]
+    CheckpointSignature { size: u64 },
+    #[error(
+        "the stored checkpoint at {size} records does not match the records; records up to {size} were changed since it was signed"
+    )]
+    CheckpointMismatch { size: u64 },
+    #[error(
+        "a stored checkpoint covers {size} records but the trail ends at {last_seq}; records were cut off the end"
+    )]
+    CheckpointBeyondLog { size: u64, last_seq: u64 },
+    #[error(
+        "the log does not match the checkpoint you gave at {size} records: records up to {size} were edited, deleted or rewritten since then"
+    )]
+    PinnedCheckpointMismatch { size: u64 },
+    #[error(
+        "the checkpoint you gave covers {size} records but the trail ends at {last_seq}; records were cut off the end"
+    )]
+    PinnedCheckpointBeyondLog { size: u64, last_seq: u64 },
+    #[error(
+        "the stored Merkle tree does not give the latest checkpoint's root ({size} records); proofs from it would not verify"
+    )]
+    StoredTreeMismatch { size: u64 },
 }
 
 impl VerifyError {
@@ -41,7 +63,9 @@ impl VerifyError {
             | VerifyError::Edited { seq }
             | VerifyError::Unparseable { seq }
             | VerifyError::HeadMismatch { seq } => Some(*seq),
-            VerifyError::Truncated { last_seq, .. } => Some(*last_seq + 1),
+            VerifyError::Truncated { last_seq, .. }
+            | VerifyError::CheckpointBeyondLog { last_seq, .. }
+            | VerifyError::PinnedCheckpointBeyondLog { last_seq, .. } => Some(*last_seq + 1),
             _ => None,
         }
     }

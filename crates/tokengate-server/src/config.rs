@@ -54,6 +54,9 @@ pub struct Config {
     pub cvc_ttl_secs: u64,
     /// Seconds between sweeps for expired CVCs.
     pub cvc_sweep_secs: u64,
+    /// Seconds between signed audit checkpoints (made only when new records
+    /// were written).
+    pub audit_checkpoint_secs: u64,
     pub log_format: LogFormat,
     /// Replaced by the certificate store (`tokengate certs add`); setting
     /// either is a configuration error that says so.
@@ -115,6 +118,7 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             cvc_ttl_secs: 3600,
             cvc_sweep_secs: 10,
+            audit_checkpoint_secs: 10,
             log_format: LogFormat::Text,
             tls_cert: None,
             tls_key: None,
@@ -197,6 +201,9 @@ impl Config {
         }
         if let Some(v) = env.get("TOKENGATE_CVC_SWEEP_SECS") {
             cfg.cvc_sweep_secs = parse_num("TOKENGATE_CVC_SWEEP_SECS", v)?;
+        }
+        if let Some(v) = env.get("TOKENGATE_AUDIT_CHECKPOINT_SECS") {
+            cfg.audit_checkpoint_secs = parse_num("TOKENGATE_AUDIT_CHECKPOINT_SECS", v)?;
         }
         if let Some(v) = env.get("TOKENGATE_LOG_FORMAT") {
             cfg.log_format = match v.as_str() {
@@ -294,6 +301,9 @@ impl Config {
         }
         if !(1..=3600).contains(&self.cvc_sweep_secs) {
             return Err(cerr("cvc_sweep_secs", "must be 1-3600"));
+        }
+        if !(1..=3600).contains(&self.audit_checkpoint_secs) {
+            return Err(cerr("audit_checkpoint_secs", "must be 1-3600"));
         }
         if let Some(u) = &self.database_url
             && !(u.starts_with("postgres://")

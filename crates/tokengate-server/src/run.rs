@@ -122,6 +122,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let mut config = config.clone();
     config.listen = Some(addr);
     let sweeper = vault.spawn_cvc_sweeper(Duration::from_secs(config.cvc_sweep_secs));
+    let checkpointer = vault.spawn_checkpointer(Duration::from_secs(config.audit_checkpoint_secs));
     let reloader = tokio::spawn(tls::reload_loop(
         vault.clone(),
         resolver.clone(),
@@ -150,6 +151,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     tasks.push(tokio::spawn(async move {
         crate::serve::serve(listener, Some(tls), app, stopped(stop_rx)).await;
         sweeper.abort();
+        checkpointer.abort();
         reloader.abort();
         expiry.abort();
         if let Some(acme) = acme {

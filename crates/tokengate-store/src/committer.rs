@@ -2,9 +2,11 @@
 //!
 //! Requests submit a [`Job`] and wait. A single task takes every job that is
 //! waiting (up to `max_batch`), commits them together with
-//! [`Store::commit`], and answers each. Under load the fsync cost is shared by
-//! the whole batch; when idle a job commits alone at once. Nothing is
-//! acknowledged before its transaction committed.
+//! [`Store::commit_pipelined`], and answers each once the batch is durable.
+//! Under load the fsync cost is shared by the whole batch, and the next batch
+//! is built while the previous one is being synced; when idle a job commits
+//! alone at once. Nothing is acknowledged before its transaction committed
+//! and reached the disk.
 
 use std::sync::Arc;
 
@@ -44,23 +46,29 @@ impl GroupCommitter {
                 let started = std::time::Instant::now();
                 let n = jobs.len();
                 let result = store
-                    .commit(std::mem::take(&mut jobs), signer.clone())
+                    .commit_pipelined(std::mem::take(&mut jobs), signer.clone())
                     .await;
                 metrics::histogram!("tokengate_store_commit_jobs").record(n as f64);
-                metrics::histogram!("tokengate_store_commit_seconds")
-                    .record(started.elapsed().as_secs_f64());
+                let batch_replies = std::mem::replace(&mut replies, Vec::with_capacity(max_batch));
                 match result {
-                    Ok(results) => {
-                        for (reply, result) in replies.drain(..).zip(results) {
-                            let _ = reply.send(Ok(result));
-                        }
+                    Ok((results, durable)) => {
+                        // Answer once the batch is on disk; meanwhile this
+                        // loop already commits the next batch.
+                        tokio::spawn(async move {
+                            let synced = durable.wait().await;
+                            metrics::histogram!("tokengate_store_commit_seconds")
+                                .record(started.elapsed().as_secs_f64());
+                            match synced {
+                                Ok(()) => {
+                                    for (reply, result) in batch_replies.into_iter().zip(results) {
+                                        let _ = reply.send(Ok(result));
+                                    }
+                                }
+                                Err(e) => refuse(batch_replies, &e),
+                            }
+                        });
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, jobs = n, "batch commit failed; refusing the operations");
-                        for reply in replies.drain(..) {
-                            let _ = reply.send(Err(e.clone()));
-                        }
-                    }
+                    Err(e) => refuse(batch_replies, &e),
                 }
                 jobs.clear();
             }
@@ -76,5 +84,12 @@ impl GroupCommitter {
             .await
             .map_err(|_| StoreError::CommitterStopped)?;
         rx.await.map_err(|_| StoreError::CommitterStopped)?
+    }
+}
+
+fn refuse(replies: Vec<Reply>, e: &StoreError) {
+    tracing::error!(error = %e, jobs = replies.len(), "batch commit failed; refusing the operations");
+    for reply in replies {
+        let _ = reply.send(Err(e.clone()));
     }
 }

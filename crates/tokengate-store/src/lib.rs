@@ -1,7 +1,7 @@
 //! Persistence for tokengate.
 //!
-//! One [`Store`] over two backends: SQLite (embedded default: WAL,
-//! `synchronous=FULL`, `secure_delete=ON`) and PostgreSQL (many stateless
+//! One [`Store`] over two backends: SQLite (embedded default: WAL, every
+//! commit fsynced before it is acknowledged, `secure_delete=ON`) and PostgreSQL (many stateless
 //! nodes). Schema, migrations and reads go through sqlx's `Any` driver for
 //! both. Writes differ: PostgreSQL commits through sqlx with multi-row
 //! inserts; SQLite commits a whole batch inside one blocking thread on a
@@ -26,10 +26,12 @@ mod schema;
 mod sqlite_writer;
 mod store;
 mod tls;
+mod wal_sync;
 
 pub use committer::GroupCommitter;
 pub use model::*;
 pub use store::{Backend, HeadSigner, Store};
+pub use wal_sync::Durable;
 
 /// Storage errors. Messages carry no card data (the store never sees any
 /// plaintext) and no SQL text.

@@ -102,6 +102,25 @@ pub enum Op {
     },
     /// Certificate store writes (see [`TlsOp`]).
     Tls(TlsOp),
+    /// Appends stored Merkle-tree hashes at `first_index..` (see
+    /// `tokengate_audit::merkle`). Fails with a conflict if any exists.
+    AppendTreeHashes {
+        first_index: u64,
+        hashes: Vec<[u8; 32]>,
+    },
+    /// Fails with a conflict if a checkpoint of that size exists.
+    InsertCheckpoint(CheckpointRow),
+}
+
+/// A signed checkpoint of the audit log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointRow {
+    /// Records covered: seq 1..=tree_size.
+    pub tree_size: u64,
+    pub root: [u8; 32],
+    /// The signed note (C2SP tlog-checkpoint).
+    pub note: String,
+    pub created_at: i64,
 }
 
 /// What an [`Op`] produced.

@@ -49,12 +49,23 @@ pub fn migrations(backend: Backend) -> Vec<(i64, Vec<String>)> {
              hash {blob} NOT NULL, signature {blob} NOT NULL)"
         ),
     ];
-    // Version 2: the TLS certificate store. Private keys are stored only
+    // Version 2: the audit log's Merkle tree (stored hashes, RFC 6962) and
+    // its signed checkpoints.
+    let v2 = vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS audit_tree (idx {int} PRIMARY KEY, hash {blob} NOT NULL)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS audit_checkpoints (tree_size {int} PRIMARY KEY, root {blob} NOT NULL, \
+             note TEXT NOT NULL, created_at {int} NOT NULL)"
+        ),
+    ];
+    // Version 3: the TLS certificate store. Private keys are stored only
     // sealed (tokengate-crypto `tls_key`): `key_ciphertext` under a per-key
     // DEK, `wrapped_dek` under the `tls_key` KEK of `kek_version`. Domains
     // point at a certificate by name; NULL means no certificate (no HTTPS
     // for that name unless a default certificate is configured).
-    let v2 = vec![
+    let v3 = vec![
         format!(
             "CREATE TABLE IF NOT EXISTS tls_certificates (name TEXT PRIMARY KEY, source TEXT NOT NULL, \
              chain_pem TEXT NOT NULL, info_json TEXT NOT NULL, not_after {int} NOT NULL, \
@@ -66,9 +77,11 @@ pub fn migrations(backend: Backend) -> Vec<(i64, Vec<String>)> {
              created_at {int} NOT NULL, updated_at {int} NOT NULL)"
         ),
         "CREATE INDEX IF NOT EXISTS tls_domains_cert ON tls_domains (cert_name)".to_owned(),
-        // Automated certificates: one row per domain under ACME management,
-        // the HTTP-01 answers any node can serve, and the ACME account per
-        // directory (its credentials sealed like a private key).
+    ];
+    // Version 4: automated certificates. One row per domain under ACME
+    // management, the HTTP-01 answers any node can serve, and the ACME
+    // account per directory (its credentials sealed like a private key).
+    let v4 = vec![
         format!(
             "CREATE TABLE IF NOT EXISTS acme_domains (domain TEXT PRIMARY KEY, status TEXT NOT NULL, \
              cert_name TEXT, last_error TEXT, next_attempt_at {int} NOT NULL, failures {int} NOT NULL, \
@@ -83,5 +96,5 @@ pub fn migrations(backend: Backend) -> Vec<(i64, Vec<String>)> {
              wrapped_dek {blob} NOT NULL, sealed_credentials {blob} NOT NULL, created_at {int} NOT NULL)"
         ),
     ];
-    vec![(1, v1), (2, v2)]
+    vec![(1, v1), (2, v2), (3, v3), (4, v4)]
 }

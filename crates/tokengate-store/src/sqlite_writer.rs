@@ -7,6 +7,10 @@
 //! see docs/BENCHMARKS.md). Here a batch costs one hand-off. Reads, schema
 //! migrations and PostgreSQL stay on sqlx; the conformance suite runs every
 //! behaviour against both write paths.
+//!
+//! Commits do not fsync inline: the connection runs `synchronous=NORMAL` and
+//! [`WalSyncer`] makes each commit durable on its own thread before it is
+//! acknowledged (see `wal_sync` for why this keeps every guarantee).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -18,11 +22,13 @@ use tokengate_audit::{AuditEvent, StoredEvent};
 use crate::StoreError;
 use crate::model::*;
 use crate::store::HeadSigner;
+use crate::wal_sync::{Durable, WalSyncer};
 
 /// The single writer connection of this process.
 #[derive(Clone, Debug)]
 pub(crate) struct SqliteWriter {
     conn: Arc<Mutex<Connection>>,
+    syncer: Arc<WalSyncer>,
 }
 
 fn db_err(e: rusqlite::Error) -> StoreError {
@@ -38,32 +44,45 @@ fn is_unique(e: &rusqlite::Error) -> bool {
 impl SqliteWriter {
     pub(crate) fn open(path: &Path) -> Result<SqliteWriter, StoreError> {
         let conn = Connection::open(path).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        // Same durability settings as the read pool: WAL, fsync on commit,
-        // freed pages overwritten (deleted DEKs do not linger).
+        // WAL; freed pages overwritten (deleted DEKs do not linger); the WAL
+        // is fsynced by the syncer thread before any commit is acknowledged,
+        // so SQLite itself need not fsync on commit (NORMAL still syncs
+        // around checkpoints).
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; \
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; \
              PRAGMA secure_delete = ON; PRAGMA foreign_keys = ON; PRAGMA cache_size = -131072; \
              PRAGMA temp_store = MEMORY;",
         )
         .map_err(db_err)?;
         conn.set_prepared_statement_cache_capacity(64);
+        // SQLite names the WAL after the database file.
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let syncer = WalSyncer::start(wal.into())?;
         Ok(SqliteWriter {
             conn: Arc::new(Mutex::new(conn)),
+            syncer: Arc::new(syncer),
         })
     }
 
-    /// Commit `jobs` in one transaction on a blocking thread.
+    /// Commit `jobs` in one transaction on a blocking thread. The results are
+    /// final but must not be acknowledged before the returned [`Durable`]
+    /// resolves.
     pub(crate) async fn commit(
         &self,
         jobs: Vec<Job>,
         signer: Arc<dyn HeadSigner>,
-    ) -> Result<Vec<JobResult>, StoreError> {
+    ) -> Result<(Vec<JobResult>, Durable), StoreError> {
+        self.syncer.check()?;
         let conn = self.conn.clone();
+        let syncer = self.syncer.clone();
         tokio::task::spawn_blocking(move || {
             let mut guard = conn
                 .lock()
                 .map_err(|_| StoreError::Database("writer lock poisoned".into()))?;
-            commit_sync(&mut guard, &jobs, signer.as_ref())
+            let results = commit_sync(&mut guard, &jobs, signer.as_ref())?;
+            // Still under the connection lock: generations follow WAL order.
+            Ok((results, syncer.committed()))
         })
         .await
         .map_err(|e| StoreError::Database(format!("writer task failed: {e}")))?
@@ -278,6 +297,25 @@ fn apply_ops(conn: &Connection, ops: &[Op]) -> rusqlite::Result<Vec<OpOutput>> {
                 .execute(params![key, value])? as u64,
             ),
             Op::Tls(op) => crate::tls::apply_sqlite(conn, op)?,
+            Op::AppendTreeHashes { first_index, hashes } => {
+                let mut st = conn.prepare_cached("INSERT INTO audit_tree (idx, hash) VALUES (?1, ?2)")?;
+                for (k, h) in hashes.iter().enumerate() {
+                    let idx = first_index.saturating_add(k as u64);
+                    st.execute(params![i64::try_from(idx).unwrap_or(i64::MAX), h.as_slice()])?;
+                }
+                OpOutput::Affected(hashes.len() as u64)
+            }
+            Op::InsertCheckpoint(c) => OpOutput::Affected(
+                conn.prepare_cached(
+                    "INSERT INTO audit_checkpoints (tree_size, root, note, created_at) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![
+                    i64::try_from(c.tree_size).unwrap_or(i64::MAX),
+                    c.root.as_slice(),
+                    c.note,
+                    c.created_at
+                ])? as u64,
+            ),
         };
         out.push(o);
     }

@@ -13,6 +13,7 @@ use crate::StoreError;
 use crate::model::*;
 use crate::schema;
 use crate::sqlite_writer::SqliteWriter;
+use crate::wal_sync::Durable;
 use std::sync::Arc;
 
 /// Which database is behind a [`Store`].
@@ -439,6 +440,87 @@ impl Store {
         rows.iter().map(stored_event).collect()
     }
 
+    /// Stored Merkle-tree hashes at `indexes` (those that exist).
+    pub async fn audit_tree_hashes(
+        &self,
+        indexes: &[u64],
+    ) -> Result<std::collections::HashMap<u64, [u8; 32]>, StoreError> {
+        let mut out = std::collections::HashMap::with_capacity(indexes.len());
+        for chunk in indexes.chunks(200) {
+            let mut sql = String::from("SELECT idx, hash FROM audit_tree WHERE idx IN (");
+            for k in 0..chunk.len() {
+                if k > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!("${}", k + 1));
+            }
+            sql.push(')');
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for i in chunk {
+                q = q
+                    .bind(i64::try_from(*i).map_err(|_| StoreError::Corrupt("tree index".into()))?);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                let idx = u64::try_from(r.try_get::<i64, _>(0)?)
+                    .map_err(|_| StoreError::Corrupt("tree index".into()))?;
+                out.insert(idx, hash32(r.try_get(1)?)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stored Merkle-tree hashes with `idx >= from`, in order, at most `limit`.
+    pub async fn audit_tree_range(
+        &self,
+        from: u64,
+        limit: i64,
+    ) -> Result<Vec<(u64, [u8; 32])>, StoreError> {
+        let from = i64::try_from(from).map_err(|_| StoreError::Corrupt("tree index".into()))?;
+        let rows =
+            sqlx::query("SELECT idx, hash FROM audit_tree WHERE idx >= $1 ORDER BY idx LIMIT $2")
+                .bind(from)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    u64::try_from(r.try_get::<i64, _>(0)?)
+                        .map_err(|_| StoreError::Corrupt("tree index".into()))?,
+                    hash32(r.try_get(1)?)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The newest signed checkpoint.
+    pub async fn latest_checkpoint(&self) -> Result<Option<CheckpointRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT tree_size, root, note, created_at FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(checkpoint_row).transpose()
+    }
+
+    /// Checkpoints with `tree_size > after`, smallest first, at most `limit`.
+    pub async fn checkpoints(
+        &self,
+        after: u64,
+        limit: i64,
+    ) -> Result<Vec<CheckpointRow>, StoreError> {
+        let after = i64::try_from(after).map_err(|_| StoreError::Corrupt("tree size".into()))?;
+        let rows = sqlx::query(
+            "SELECT tree_size, root, note, created_at FROM audit_checkpoints WHERE tree_size > $1 \
+             ORDER BY tree_size LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(checkpoint_row).collect()
+    }
+
     pub async fn audit_head(&self) -> Result<Option<SignedHead>, StoreError> {
         let row = sqlx::query("SELECT seq, hash, signature FROM audit_head WHERE id = 1")
             .fetch_optional(&self.pool)
@@ -480,9 +562,34 @@ impl Store {
         jobs: Vec<Job>,
         signer: Arc<dyn HeadSigner>,
     ) -> Result<Vec<JobResult>, StoreError> {
+        let (results, durable) = self.commit_pipelined(jobs, signer).await?;
+        durable.wait().await?;
+        Ok(results)
+    }
+
+    /// [`Store::commit`] without waiting for durability: the transaction has
+    /// committed (later commits and reads see it) but may not be on disk until
+    /// the returned [`Durable`] resolves. Acknowledge nothing before that.
+    /// Lets the group committer build the next batch while this one syncs.
+    pub async fn commit_pipelined(
+        &self,
+        jobs: Vec<Job>,
+        signer: Arc<dyn HeadSigner>,
+    ) -> Result<(Vec<JobResult>, Durable), StoreError> {
         if let Some(w) = &self.writer {
             return w.commit(jobs, signer).await;
         }
+        self.commit_postgres(jobs, signer)
+            .await
+            .map(|r| (r, Durable::now()))
+    }
+
+    /// PostgreSQL commit: durable when COMMIT returns.
+    async fn commit_postgres(
+        &self,
+        jobs: Vec<Job>,
+        signer: Arc<dyn HeadSigner>,
+    ) -> Result<Vec<JobResult>, StoreError> {
         let signer = signer.as_ref();
         let jobs = jobs.as_slice();
         let mut conn = self.pool.acquire().await?;
@@ -908,8 +1015,54 @@ async fn apply_ops(
                 OpOutput::Affected(r.rows_affected())
             }
             Op::Tls(op) => crate::tls::apply_any(conn, op).await?,
+            Op::AppendTreeHashes {
+                first_index,
+                hashes,
+            } => {
+                // Multi-row inserts: a checkpoint appends ~2 hashes per record.
+                for (c, chunk) in hashes.chunks(500).enumerate() {
+                    let mut sql = String::from("INSERT INTO audit_tree (idx, hash) VALUES ");
+                    for k in 0..chunk.len() {
+                        if k > 0 {
+                            sql.push(',');
+                        }
+                        sql.push_str(&format!("(${}, ${})", 2 * k + 1, 2 * k + 2));
+                    }
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for (k, h) in chunk.iter().enumerate() {
+                        let idx = first_index.saturating_add((c * 500 + k) as u64);
+                        q = q
+                            .bind(i64::try_from(idx).unwrap_or(i64::MAX))
+                            .bind(h.to_vec());
+                    }
+                    q.execute(&mut *conn).await?;
+                }
+                OpOutput::Affected(hashes.len() as u64)
+            }
+            Op::InsertCheckpoint(c) => {
+                let r = sqlx::query(
+                    "INSERT INTO audit_checkpoints (tree_size, root, note, created_at) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(i64::try_from(c.tree_size).unwrap_or(i64::MAX))
+                .bind(c.root.to_vec())
+                .bind(c.note.as_str())
+                .bind(c.created_at)
+                .execute(&mut *conn)
+                .await?;
+                OpOutput::Affected(r.rows_affected())
+            }
         };
         out.push(o);
     }
     Ok(out)
+}
+
+fn checkpoint_row(r: &AnyRow) -> Result<CheckpointRow, StoreError> {
+    Ok(CheckpointRow {
+        tree_size: u64::try_from(r.try_get::<i64, _>(0)?)
+            .map_err(|_| StoreError::Corrupt("tree size".into()))?,
+        root: hash32(r.try_get(1)?)?,
+        note: r.try_get(2)?,
+        created_at: r.try_get(3)?,
+    })
 }

@@ -799,3 +799,67 @@ async fn tampering_is_detected(store: &Store) {
     assert_eq!(err.seq(), Some(3));
 }
 conformance!(tampering, tampering_is_detected);
+
+/// The audit tree's stored hashes and checkpoints: appended in order, read
+/// back by index and by range, and a second append of the same range or size
+/// is a conflict that leaves nothing behind (two checkpointers racing).
+async fn audit_tree_and_checkpoints(store: &Store) {
+    // More than one multi-row chunk on PostgreSQL (500 rows each).
+    let hashes: Vec<[u8; 32]> = (0..1200u32)
+        .map(|i| {
+            let mut h = [0u8; 32];
+            h[..4].copy_from_slice(&i.to_be_bytes());
+            h
+        })
+        .collect();
+    let cp = |size: u64| CheckpointRow {
+        tree_size: size,
+        root: [size as u8; 32],
+        note: format!("origin\n{size}\nroot\n"),
+        created_at: 1,
+    };
+    let job = |first: u64, hs: &[[u8; 32]], size: u64| Job {
+        ops: vec![
+            Op::AppendTreeHashes {
+                first_index: first,
+                hashes: hs.to_vec(),
+            },
+            Op::InsertCheckpoint(cp(size)),
+        ],
+        ..Job::default()
+    };
+    let r = commit(
+        store,
+        &[
+            job(0, &hashes[..1000], 500),
+            job(1000, &hashes[1000..], 600),
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(r.iter().all(Result::is_ok), "{r:?}");
+    // Racing a checkpoint already made: conflict, and nothing of it stays.
+    let r = commit(store, &[job(1000, &[[9u8; 32]; 3], 601)])
+        .await
+        .unwrap();
+    assert_eq!(r[0], Err(JobError::Conflict));
+    assert!(store.checkpoints(600, 10).await.unwrap().is_empty());
+
+    let got = store
+        .audit_tree_hashes(&[0, 999, 1000, 1199, 5000])
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 4);
+    assert_eq!(got[&999], hashes[999]);
+    assert_eq!(got[&1199], hashes[1199]);
+    let range = store.audit_tree_range(995, 10).await.unwrap();
+    assert_eq!(range.len(), 10);
+    assert!(range.iter().all(|(i, h)| hashes[*i as usize] == *h));
+    assert_eq!(range[0].0, 995);
+    assert_eq!(store.latest_checkpoint().await.unwrap(), Some(cp(600)));
+    assert_eq!(
+        store.checkpoints(0, 10).await.unwrap(),
+        vec![cp(500), cp(600)]
+    );
+}
+conformance!(audit_tree, audit_tree_and_checkpoints);

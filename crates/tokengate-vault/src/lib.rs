@@ -12,6 +12,7 @@
 
 pub mod access;
 pub mod acme;
+pub mod auditlog;
 pub mod cards;
 pub mod certs;
 pub mod clock;
@@ -22,6 +23,7 @@ pub mod sweeper;
 
 pub use access::{ApiKeyInfo, Caller, NewApiKey, RequestMeta, Role};
 pub use acme::{AcmeOutcome, AcmeStatus, acme_cert_name, renewal_time};
+pub use auditlog::{ConsistencyProof, InclusionProof, verify_store};
 pub use cards::{CardInput, RevealedCard, TokenInfo, TokenizeOutcome, TokenizeRequest};
 pub use certs::{
     CertActor, CertExpiry, CertSource, CertificateView, DomainView, LoadedResolver, NewCertificate,
@@ -29,4 +31,4 @@ pub use certs::{
 };
 pub use error::VaultError;
 pub use init::{InitOptions, InitOutput, init};
-pub use open::{DataDir, Vault, VaultConfig, is_fresh, verify_store};
+pub use open::{DataDir, Vault, VaultConfig, is_fresh};

@@ -5,10 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use tokengate_audit::SignedHead;
 use tokengate_audit::chain::ChainHash;
-use tokengate_audit::{
-    Action, AuditEvent, Ident, Outcome, SafeText, SignedHead, Verifier, VerifyError, VerifyReport,
-};
+use tokengate_audit::{Action, AuditEvent, Ident, Outcome, SafeText};
 use tokengate_crypto::{FileRootKey, KeyPurpose, KeyRing, KeyState, RootKeyProvider, WrappedKey};
 use tokengate_store::{GroupCommitter, HeadSigner, Job, KeyRow, Op, Store};
 
@@ -243,35 +242,6 @@ impl Vault {
     pub fn audit_public_key(&self) -> Result<Vec<u8>, VaultError> {
         Ok(tokengate_audit::head::public_key(self.ring.audit_signer()?))
     }
-
-    /// Check the whole audit trail: chain links, hashes, and the signed head.
-    pub async fn verify_audit(&self) -> Result<Result<VerifyReport, VerifyError>, VaultError> {
-        let pk = self.audit_public_key()?;
-        verify_store(&self.store, &pk).await
-    }
-}
-
-/// Verify the audit trail in `store` against `public_key`.
-pub async fn verify_store(
-    store: &Store,
-    public_key: &[u8],
-) -> Result<Result<VerifyReport, VerifyError>, VaultError> {
-    let mut v = Verifier::default();
-    let mut after = 0;
-    loop {
-        let page = store.audit_events(after, 5000).await?;
-        if page.is_empty() {
-            break;
-        }
-        for r in &page {
-            if let Err(e) = v.push(r) {
-                return Ok(Err(e));
-            }
-            after = r.seq;
-        }
-    }
-    let head = store.audit_head().await?;
-    Ok(v.finish(head.as_ref(), public_key))
 }
 
 /// True when `dir` holds nothing that `init` would create.

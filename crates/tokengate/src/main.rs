@@ -14,6 +14,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod audit_cmd;
+
+use audit_cmd::AuditCmd;
 mod certs;
 
 use clap::{Parser, Subcommand};
@@ -70,17 +73,6 @@ enum Cmd {
     Scan(tokengate_scan::ScanArgs),
 }
 
-#[derive(Subcommand, Debug)]
-enum AuditCmd {
-    /// Verify the hash chain and the signed head; exit 1 naming the first bad record.
-    Verify {
-        #[arg(long, default_value = "./tokengate-data", env = "TOKENGATE_DATA_DIR")]
-        data_dir: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tokengate_server::logging::install_panic_hook();
@@ -132,11 +124,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             dev,
         } => serve(data_dir, listen, config, dev).await,
+        Cmd::Audit { cmd } => audit_cmd::run(cmd).await,
         Cmd::Certs(args) => Ok(certs::run_certs(args).await),
         Cmd::Domains(args) => Ok(certs::run_domains(args).await),
-        Cmd::Audit {
-            cmd: AuditCmd::Verify { data_dir, json },
-        } => audit_verify(data_dir, json).await,
         // Handled in `main` before the runtime starts.
         Cmd::Scan(_) => Ok(ExitCode::from(2)),
         Cmd::Openapi => {
@@ -218,38 +208,4 @@ async fn shutdown_signal() {
         }
     }
     let _ = ctrl_c.await;
-}
-
-async fn audit_verify(data_dir: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
-    let mut cfg = Config::load(None, &ProcessEnv).unwrap_or_default();
-    cfg.data_dir = data_dir;
-    let vault = tokengate_server::run::open_vault(&cfg).await?;
-    let result = vault.verify_audit().await?;
-    match result {
-        Ok(report) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"ok": true, "records": report.records, "last_seq": report.last_seq, "head_hash": report.head_hash})
-                );
-            } else {
-                println!(
-                    "audit trail intact: {} records, head {} (seq {})",
-                    report.records, report.head_hash, report.last_seq
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"ok": false, "first_bad_record": e.seq(), "error": e.to_string()})
-                );
-            } else {
-                println!("audit trail FAILED verification: {e}");
-            }
-            Ok(ExitCode::from(1))
-        }
-    }
 }

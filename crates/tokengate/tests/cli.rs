@@ -299,3 +299,94 @@ fn json_logs_are_one_json_object_per_line() {
     );
     assert!(!text.contains("4242424242424241"));
 }
+
+#[test]
+fn audit_checkpoint_pins_the_log_for_a_later_verify() {
+    let dir = populated();
+    let base = dir.parent().unwrap().to_path_buf();
+    let saved = base.join("checkpoint.txt");
+    let out = bin()
+        .args(["audit", "checkpoint", "--json", "--out"])
+        .arg(&saved)
+        .arg("--data-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cp: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let size = cp["tree_size"].as_u64().unwrap();
+    assert!(size >= 8, "{cp}");
+    assert_eq!(
+        std::fs::read_to_string(&saved).unwrap(),
+        cp["note"].as_str().unwrap()
+    );
+
+    let verify_pinned = |file: &std::path::Path| {
+        let out = bin()
+            .args(["audit", "verify", "--json", "--checkpoint"])
+            .arg(file)
+            .arg("--data-dir")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, v, _) = verify_pinned(&saved);
+    assert_eq!(
+        (code, v["pinned_checkpoint"].as_u64()),
+        (0, Some(size)),
+        "{v}"
+    );
+
+    // A proof for a covered record, as JSON.
+    let out = bin()
+        .args(["audit", "prove", "--seq", "2", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let proof: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(proof["tree_size"].as_u64(), Some(size));
+    // Asking beyond the checkpoint is a usage error, not a crash.
+    let out = bin()
+        .args(["audit", "prove", "--seq", "100000", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    // Unusable files: exit 2 with a message; a note from another vault: exit 1.
+    let garbage = base.join("garbage.txt");
+    std::fs::write(&garbage, "not a checkpoint\n").unwrap();
+    let (code, _, err) = verify_pinned(&garbage);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("checkpoint"), "{err}");
+    let other = populated();
+    let foreign = base.join("foreign.txt");
+    let out = bin()
+        .args(["audit", "checkpoint", "--out"])
+        .arg(&foreign)
+        .arg("--data-dir")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let (code, v, _) = verify_pinned(&foreign);
+    assert_eq!(code, 1, "{v}");
+
+    // Edit a covered record: caught against the saved checkpoint.
+    sqlite(
+        &dir.join("tokengate.db"),
+        "UPDATE audit_events SET event_json = REPLACE(event_json, 'success', 'failure') WHERE seq = 2",
+    );
+    let (code, v, _) = verify_pinned(&saved);
+    assert_eq!(code, 1, "{v}");
+}

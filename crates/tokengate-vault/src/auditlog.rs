@@ -1,0 +1,790 @@
+//! The audit log's Merkle tree: signed checkpoints, proofs, and verification
+//! that recomputes everything from the records.
+//!
+//! The hot path is untouched: requests append records to the hash chain as
+//! before. [`Vault::checkpoint`] (run by the server every few seconds, and by
+//! `tokengate audit checkpoint`) appends the tree's stored hashes for the
+//! records written since the last checkpoint and signs a C2SP checkpoint, in
+//! one store job. Two nodes racing for the same checkpoint conflict and one
+//! wins; the result is the same tree.
+//!
+//! `tlog_tiles`' tree functions read hashes synchronously; the store is
+//! async. The indexes a function reads depend only on sizes, never on hash
+//! values, so `with_tree` runs it once against a recorder to learn the
+//! indexes, fetches them, and runs it again on the fetched hashes.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use tokengate_audit::checkpoint::{self, CheckpointError, SignedCheckpoint};
+use tokengate_audit::merkle::{
+    self, Hash, Reader, RootBuilder, StoredTree, TreeError, leaf_hash, stored_hash_index,
+};
+use tokengate_audit::{Verifier, VerifyError, VerifyReport};
+use tokengate_store::{CheckpointRow, Job, JobError, Op, Store};
+
+use crate::clock::now_ms;
+use crate::error::VaultError;
+use crate::open::Vault;
+
+/// Records read per page while checkpointing or verifying.
+const PAGE: i64 = 5000;
+
+/// An inclusion proof: record `seq` is leaf `seq - 1` of the tree of
+/// `tree_size` records whose root is `root`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct InclusionProof {
+    pub seq: u64,
+    pub leaf_index: u64,
+    pub tree_size: u64,
+    /// Base64 of the RFC 6962 leaf hash of the record's `event_json`.
+    pub leaf_hash: String,
+    pub root: String,
+    /// Base64 hashes, RFC 9162 §2.1.3 order.
+    pub proof: Vec<String>,
+}
+
+/// A consistency proof: the tree of `from_size` records is a prefix of the
+/// tree of `to_size` records.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ConsistencyProof {
+    pub from_size: u64,
+    pub from_root: String,
+    pub to_size: u64,
+    pub to_root: String,
+    pub proof: Vec<String>,
+}
+
+fn b64(h: &Hash) -> String {
+    data_encoding::BASE64.encode(&h.0)
+}
+
+fn tree_err(e: TreeError) -> VaultError {
+    VaultError::Internal(format!("audit tree: {e}"))
+}
+
+struct Recorder(RefCell<Vec<u64>>);
+
+impl StoredTree for Recorder {
+    fn read(&self, indexes: &[u64]) -> Result<Vec<Hash>, String> {
+        self.0.borrow_mut().extend_from_slice(indexes);
+        Ok(vec![Hash([0; 32]); indexes.len()])
+    }
+}
+
+struct Fetched(HashMap<u64, [u8; 32]>);
+
+impl StoredTree for Fetched {
+    fn read(&self, indexes: &[u64]) -> Result<Vec<Hash>, String> {
+        indexes
+            .iter()
+            .map(|i| {
+                self.0
+                    .get(i)
+                    .map(|h| Hash(*h))
+                    .ok_or_else(|| format!("stored tree hash {i} is missing"))
+            })
+            .collect()
+    }
+}
+
+/// Run `f` against the stored tree (see the module docs).
+async fn with_tree<R>(
+    store: &Store,
+    f: impl Fn(&dyn StoredTree) -> Result<R, TreeError>,
+) -> Result<R, VaultError> {
+    let rec = Recorder(RefCell::new(Vec::new()));
+    f(&rec).map_err(tree_err)?;
+    let mut indexes = rec.0.into_inner();
+    indexes.sort_unstable();
+    indexes.dedup();
+    let fetched = Fetched(store.audit_tree_hashes(&indexes).await?);
+    f(&fetched).map_err(tree_err)
+}
+
+impl Vault {
+    /// Sign a checkpoint covering every record written so far (returns the
+    /// latest one when nothing new was written).
+    pub async fn checkpoint(&self) -> Result<SignedCheckpoint, VaultError> {
+        let key = self.ring.audit_signer()?;
+        let latest = self.store.latest_checkpoint().await?;
+        let from = latest.as_ref().map_or(0, |c| c.tree_size);
+        let head = self.store.audit_head().await?.map_or(0, |h| h.seq);
+        if head <= from {
+            return match &latest {
+                Some(c) => open_row(c, &self.audit_public_key()?),
+                // An empty log has nothing to pin.
+                None => Err(VaultError::Invalid {
+                    code: "no_records",
+                    message: "the audit log has no records yet".into(),
+                }),
+            };
+        }
+        let mut leaves = Vec::with_capacity(usize::try_from(head - from).unwrap_or(0));
+        let mut after = from;
+        while after < head {
+            let page = self.store.audit_events(after, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            leaves.extend(
+                page.iter()
+                    .take_while(|r| r.seq <= head)
+                    .map(|r| leaf_hash(&r.event_json)),
+            );
+        }
+        if leaves.len() as u64 != head - from {
+            return Err(VaultError::Internal(
+                "audit records are missing below the signed head; run `tokengate audit verify`"
+                    .into(),
+            ));
+        }
+        let hashes = with_tree(&self.store, |t| merkle::append_hashes(from, &leaves, t)).await?;
+        let base = stored_hash_index(0, from);
+        let root = {
+            let new: HashMap<u64, [u8; 32]> = hashes
+                .iter()
+                .enumerate()
+                .map(|(k, h)| (base + k as u64, h.0))
+                .collect();
+            let indexes = merkle::sub_tree_index(0, head, vec![]);
+            let old: Vec<u64> = indexes.iter().copied().filter(|i| *i < base).collect();
+            let mut all = self.store.audit_tree_hashes(&old).await?;
+            all.extend(new);
+            merkle::tree_hash(head, &Reader(&Fetched(all))).map_err(tree_err)?
+        };
+        let signed =
+            checkpoint::sign(key, head, root.0).map_err(|e| VaultError::Internal(e.to_string()))?;
+        let job = Job {
+            ops: vec![
+                Op::AppendTreeHashes {
+                    first_index: base,
+                    hashes: hashes.iter().map(|h| h.0).collect(),
+                },
+                Op::InsertCheckpoint(CheckpointRow {
+                    tree_size: head,
+                    root: root.0,
+                    note: signed.note.clone(),
+                    created_at: now_ms(),
+                }),
+            ],
+            ..Job::default()
+        };
+        match self.committer.submit(job).await? {
+            Ok(_) => Ok(signed),
+            // Another node or process made it first: the same tree.
+            Err(JobError::Conflict) => Ok(self.latest_checkpoint().await?.unwrap_or(signed)),
+            Err(e) => Err(VaultError::Internal(format!("checkpoint: {e:?}"))),
+        }
+    }
+
+    /// Sign a checkpoint every `every` while new records arrive.
+    pub fn spawn_checkpointer(
+        self: &std::sync::Arc<Self>,
+        every: std::time::Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let vault = std::sync::Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match vault.checkpoint().await {
+                    Ok(_) | Err(VaultError::Invalid { .. }) => {}
+                    Err(e) => {
+                        tracing::error!(code = e.code(), error = %e, "audit checkpoint failed; will retry");
+                    }
+                }
+            }
+        })
+    }
+
+    /// The newest stored checkpoint, signature checked.
+    pub async fn latest_checkpoint(&self) -> Result<Option<SignedCheckpoint>, VaultError> {
+        let pk = self.audit_public_key()?;
+        match self.store.latest_checkpoint().await? {
+            Some(c) => Ok(Some(open_row(&c, &pk)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Prove that record `seq` is in the tree of `tree_size` records
+    /// (default: the latest checkpoint).
+    pub async fn prove_inclusion(
+        &self,
+        seq: u64,
+        tree_size: Option<u64>,
+    ) -> Result<InclusionProof, VaultError> {
+        let size = self.proof_size(tree_size).await?;
+        if seq == 0 || seq > size {
+            return Err(VaultError::Invalid {
+                code: "record_not_in_tree",
+                message: format!("record {seq} is not in a tree of {size} records (1..={size})"),
+            });
+        }
+        let n = seq - 1;
+        let proof = with_tree(&self.store, |t| merkle::prove_record(size, n, &Reader(t))).await?;
+        let root = with_tree(&self.store, |t| merkle::tree_hash(size, &Reader(t))).await?;
+        let leaf = self
+            .store
+            .audit_tree_hashes(&[stored_hash_index(0, n)])
+            .await?
+            .get(&stored_hash_index(0, n))
+            .map(|h| Hash(*h))
+            .ok_or_else(|| tree_err(TreeError::IndexesNotInTree))?;
+        Ok(InclusionProof {
+            seq,
+            leaf_index: n,
+            tree_size: size,
+            leaf_hash: b64(&leaf),
+            root: b64(&root),
+            proof: proof.iter().map(b64).collect(),
+        })
+    }
+
+    /// Prove that the tree of `from` records is a prefix of the tree of `to`
+    /// records (default: the latest checkpoint).
+    pub async fn prove_consistency(
+        &self,
+        from: u64,
+        to: Option<u64>,
+    ) -> Result<ConsistencyProof, VaultError> {
+        let to = self.proof_size(to).await?;
+        if from == 0 || from > to {
+            return Err(VaultError::Invalid {
+                code: "bad_tree_sizes",
+                message: format!("need 1 <= from <= to; got from={from}, to={to}"),
+            });
+        }
+        let proof = with_tree(&self.store, |t| merkle::prove_tree(to, from, &Reader(t))).await?;
+        let from_root = with_tree(&self.store, |t| merkle::tree_hash(from, &Reader(t))).await?;
+        let to_root = with_tree(&self.store, |t| merkle::tree_hash(to, &Reader(t))).await?;
+        Ok(ConsistencyProof {
+            from_size: from,
+            from_root: b64(&from_root),
+            to_size: to,
+            to_root: b64(&to_root),
+            proof: proof.iter().map(b64).collect(),
+        })
+    }
+
+    /// Proofs are only served for trees the stored hashes cover (up to the
+    /// latest checkpoint).
+    async fn proof_size(&self, tree_size: Option<u64>) -> Result<u64, VaultError> {
+        let covered = self
+            .store
+            .latest_checkpoint()
+            .await?
+            .map_or(0, |c| c.tree_size);
+        match tree_size {
+            None if covered == 0 => Err(VaultError::Invalid {
+                code: "no_checkpoint",
+                message: "no checkpoint yet; run `tokengate audit checkpoint`".into(),
+            }),
+            None => Ok(covered),
+            Some(t) if t == 0 || t > covered => Err(VaultError::Invalid {
+                code: "tree_size_not_checkpointed",
+                message: format!("tree size {t} is beyond the latest checkpoint ({covered})"),
+            }),
+            Some(t) => Ok(t),
+        }
+    }
+
+    /// Check the whole audit trail: chain links, hashes, the signed head,
+    /// every stored checkpoint (signature and root recomputed from the
+    /// records), the stored tree, and optionally a checkpoint kept outside
+    /// (`pinned`, a signed note).
+    pub async fn verify_audit(
+        &self,
+        pinned: Option<&SignedCheckpoint>,
+    ) -> Result<Result<VerifyReport, VerifyError>, VaultError> {
+        verify_store(&self.store, &self.audit_public_key()?, pinned).await
+    }
+
+    /// Open a checkpoint note kept outside (a file, a SIEM) against this
+    /// vault's audit key.
+    pub fn open_checkpoint(&self, note: &str) -> Result<SignedCheckpoint, CheckpointError> {
+        let pk = self
+            .audit_public_key()
+            .map_err(|e| CheckpointError::Malformed(e.to_string()))?;
+        checkpoint::open(note, &pk)
+    }
+}
+
+fn open_row(c: &CheckpointRow, pk: &[u8]) -> Result<SignedCheckpoint, VaultError> {
+    checkpoint::open(&c.note, pk).map_err(|e| {
+        VaultError::Internal(format!(
+            "stored checkpoint {} does not verify: {e}",
+            c.tree_size
+        ))
+    })
+}
+
+/// Verify the audit trail in `store` against `public_key` (see
+/// [`Vault::verify_audit`]).
+pub async fn verify_store(
+    store: &Store,
+    public_key: &[u8],
+    pinned: Option<&SignedCheckpoint>,
+) -> Result<Result<VerifyReport, VerifyError>, VaultError> {
+    let mut chain = Verifier::default();
+    let mut tree = RootBuilder::new();
+    // Stored checkpoints, fetched page by page in size order.
+    let mut pending: std::collections::VecDeque<CheckpointRow> = Default::default();
+    let mut cp_after = 0u64;
+    let mut cp_done = false;
+    // The stored tree is recomputed from the records up to the latest
+    // checkpoint and compared hash by hash, page by page: proofs come from it.
+    let tree_covers = store.latest_checkpoint().await?.map_or(0, |c| c.tree_size);
+    let mut recomputed: Vec<Hash> = Vec::new();
+    let mut compared = 0u64; // stored hashes compared so far
+    let mut after = 0;
+    let check = |tree: &RootBuilder, c: &CheckpointRow| -> Result<(), VerifyError> {
+        let opened = checkpoint::open(&c.note, public_key)
+            .map_err(|_| VerifyError::CheckpointSignature { size: c.tree_size })?;
+        if opened.size != c.tree_size || opened.root != c.root || tree.root().0 != c.root {
+            return Err(VerifyError::CheckpointMismatch { size: c.tree_size });
+        }
+        Ok(())
+    };
+    loop {
+        let page = store.audit_events(after, PAGE).await?;
+        if page.is_empty() {
+            break;
+        }
+        for r in &page {
+            if let Err(e) = chain.push(r) {
+                return Ok(Err(e));
+            }
+            let leaf = leaf_hash(&r.event_json);
+            if tree.size() < tree_covers {
+                tree.push_stored(leaf, &mut recomputed);
+            } else {
+                tree.push(leaf);
+            }
+            after = r.seq;
+            if pinned.is_some_and(|p| p.size == tree.size())
+                && pinned.is_some_and(|p| p.root != tree.root().0)
+            {
+                return Ok(Err(VerifyError::PinnedCheckpointMismatch {
+                    size: tree.size(),
+                }));
+            }
+            if pending.is_empty() && !cp_done {
+                let next = store.checkpoints(cp_after, 1000).await?;
+                cp_done = next.is_empty();
+                if let Some(l) = next.last() {
+                    cp_after = l.tree_size;
+                }
+                pending.extend(next);
+            }
+            while pending.front().is_some_and(|c| c.tree_size <= tree.size()) {
+                if let Some(c) = pending.pop_front()
+                    && let Err(e) = check(&tree, &c)
+                {
+                    return Ok(Err(e));
+                }
+            }
+        }
+        if !compare_stored(store, &mut recomputed, &mut compared).await? {
+            return Ok(Err(VerifyError::StoredTreeMismatch { size: tree_covers }));
+        }
+    }
+    let last_seq = tree.size();
+    if let Some(p) = pinned
+        && p.size > last_seq
+    {
+        return Ok(Err(VerifyError::PinnedCheckpointBeyondLog {
+            size: p.size,
+            last_seq,
+        }));
+    }
+    if pending.is_empty() && !cp_done {
+        pending.extend(store.checkpoints(cp_after, 1).await?);
+    }
+    if let Some(c) = pending.front() {
+        return Ok(Err(VerifyError::CheckpointBeyondLog {
+            size: c.tree_size,
+            last_seq,
+        }));
+    }
+    if compared != merkle::stored_hash_count(tree_covers) {
+        return Ok(Err(VerifyError::StoredTreeMismatch { size: tree_covers }));
+    }
+    let head = store.audit_head().await?;
+    Ok(chain.finish(head.as_ref(), public_key))
+}
+
+/// Compare `recomputed` stored hashes with the stored tree from index
+/// `*compared` on; drains what was compared. False on the first difference
+/// or missing hash.
+async fn compare_stored(
+    store: &Store,
+    recomputed: &mut Vec<Hash>,
+    compared: &mut u64,
+) -> Result<bool, VaultError> {
+    let mut done = 0usize;
+    while done < recomputed.len() {
+        let want = i64::try_from(recomputed.len() - done)
+            .unwrap_or(i64::MAX)
+            .min(PAGE * 2);
+        let stored = store.audit_tree_range(*compared, want).await?;
+        if stored.is_empty() {
+            return Ok(false);
+        }
+        for (idx, h) in stored {
+            if idx != *compared || recomputed.get(done).map(|r| r.0) != Some(h) {
+                return Ok(false);
+            }
+            *compared += 1;
+            done += 1;
+        }
+    }
+    recomputed.clear();
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::access::RequestMeta;
+    use crate::init::{InitOptions, init};
+    use crate::open::VaultConfig;
+    use aws_lc_rs::digest::{Context, SHA256};
+    use data_encoding::{BASE64, HEXUPPER};
+    use tokengate_audit::{SignedHead, chain_hash};
+
+    async fn vault_with_records(n: usize) -> (tempfile::TempDir, Vault) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let out = init(&InitOptions {
+            data_dir: dir.clone(),
+            database_url: None,
+        })
+        .await
+        .unwrap();
+        let vault = Vault::open(VaultConfig::new(&dir)).await.unwrap();
+        let admin = vault
+            .authenticate(Some(&out.admin_api_key), RequestMeta::default())
+            .await
+            .unwrap();
+        for i in 0..n {
+            vault
+                .create_api_key(&admin, &format!("k{i}"), &["tokenize".to_owned()])
+                .await
+                .unwrap();
+        }
+        (tmp, vault)
+    }
+
+    async fn add_records(vault: &Vault, n: usize) {
+        let admin = vault.store.list_api_keys(&vault.tenant).await.unwrap();
+        assert!(!admin.is_empty());
+        // Each failed authentication is audited too: a cheap way to append.
+        for _ in 0..n {
+            let _ = vault
+                .authenticate(Some("tg_nope"), RequestMeta::default())
+                .await;
+        }
+    }
+
+    async fn sql(vault: &Vault, q: &str) {
+        vault.store.execute_raw_for_tests(q).await.unwrap();
+    }
+
+    /// What an attacker with the database and the signing key does: change
+    /// record `seq`'s content, re-chain every later record, re-sign the head,
+    /// and rebuild the stored tree and checkpoints from the forged records.
+    async fn rewrite_and_rechain(
+        vault: &Vault,
+        edit: impl Fn(&mut Vec<tokengate_audit::StoredEvent>),
+    ) {
+        let mut recs = vault.store.audit_events(0, 1_000_000).await.unwrap();
+        edit(&mut recs);
+        sql(vault, "DELETE FROM audit_events").await;
+        let mut prev = tokengate_audit::GENESIS;
+        for (i, r) in recs.iter_mut().enumerate() {
+            r.seq = i as u64 + 1;
+            r.prev_hash = prev;
+            r.hash = chain_hash(r.seq, &prev, r.event_json.as_bytes());
+            prev = r.hash;
+            sql(
+                vault,
+                &format!(
+                    "INSERT INTO audit_events (seq, ts_ms, action, actor, outcome, event_json, prev_hash, hash) \
+                     VALUES ({}, 0, 'x', 'x', 'success', '{}', X'{}', X'{}')",
+                    r.seq,
+                    r.event_json.replace('\'', "''"),
+                    HEXUPPER.encode(&r.prev_hash),
+                    HEXUPPER.encode(&r.hash)
+                ),
+            )
+            .await;
+        }
+        let last = recs.last().unwrap();
+        let head = SignedHead::sign(vault.ring.audit_signer().unwrap(), last.seq, last.hash);
+        sql(
+            vault,
+            &format!(
+                "UPDATE audit_head SET seq = {}, hash = X'{}', signature = X'{}'",
+                head.seq,
+                HEXUPPER.encode(&head.hash),
+                HEXUPPER.encode(&head.signature)
+            ),
+        )
+        .await;
+        sql(
+            vault,
+            "DELETE FROM audit_tree; DELETE FROM audit_checkpoints",
+        )
+        .await;
+        vault.checkpoint().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_saved_checkpoint_catches_a_rewritten_rechained_resigned_log() {
+        let (_tmp, vault) = vault_with_records(6).await;
+        let saved = vault.checkpoint().await.unwrap();
+        add_records(&vault, 3).await;
+        vault.checkpoint().await.unwrap();
+        assert!(vault.verify_audit(Some(&saved)).await.unwrap().is_ok());
+
+        // Edit a covered record.
+        rewrite_and_rechain(&vault, |recs| {
+            let before = recs[2].event_json.clone();
+            recs[2].event_json = before.replacen("\"ts_ms\":", "\"ts_ms\":1", 1);
+            assert_ne!(recs[2].event_json, before);
+        })
+        .await;
+        // Every internal check passes: the attacker had the key.
+        let internal = vault.verify_audit(None).await.unwrap();
+        assert!(internal.is_ok(), "{internal:?}");
+        // The copy kept outside does not.
+        assert_eq!(
+            vault.verify_audit(Some(&saved)).await.unwrap(),
+            Err(VerifyError::PinnedCheckpointMismatch { size: saved.size })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_saved_checkpoint_catches_deletion_and_truncation() {
+        let (_tmp, vault) = vault_with_records(6).await;
+        let saved = vault.checkpoint().await.unwrap();
+        add_records(&vault, 2).await;
+        rewrite_and_rechain(&vault, |recs| {
+            recs.remove(1);
+        })
+        .await;
+        assert!(vault.verify_audit(None).await.unwrap().is_ok());
+        assert!(matches!(
+            vault.verify_audit(Some(&saved)).await.unwrap(),
+            Err(VerifyError::PinnedCheckpointMismatch { .. })
+        ));
+
+        let (_tmp, vault) = vault_with_records(6).await;
+        let saved = vault.checkpoint().await.unwrap();
+        rewrite_and_rechain(&vault, |recs| {
+            recs.truncate(recs.len() - 2);
+        })
+        .await;
+        assert!(vault.verify_audit(None).await.unwrap().is_ok());
+        assert_eq!(
+            vault.verify_audit(Some(&saved)).await.unwrap(),
+            Err(VerifyError::PinnedCheckpointBeyondLog {
+                size: saved.size,
+                last_seq: saved.size - 2
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn stored_checkpoints_and_tree_are_checked_against_the_records() {
+        let (_tmp, vault) = vault_with_records(5).await;
+        let cp = vault.checkpoint().await.unwrap();
+        // Editing a record without re-signing anything: the chain catches it.
+        // Forging a stored checkpoint's root: caught against the records.
+        sql(&vault, "UPDATE audit_checkpoints SET root = X'1111111111111111111111111111111111111111111111111111111111111111'").await;
+        assert!(matches!(
+            vault.verify_audit(None).await.unwrap(),
+            Err(VerifyError::CheckpointMismatch { .. } | VerifyError::CheckpointSignature { .. })
+        ));
+        let (_tmp, vault) = vault_with_records(5).await;
+        vault.checkpoint().await.unwrap();
+        sql(&vault, "UPDATE audit_tree SET hash = X'0000000000000000000000000000000000000000000000000000000000000000' WHERE idx = 0").await;
+        assert_eq!(
+            vault.verify_audit(None).await.unwrap(),
+            Err(VerifyError::StoredTreeMismatch { size: cp.size })
+        );
+    }
+
+    // ---- an independent RFC 6962 / RFC 9162 implementation -------------
+
+    fn sha(parts: &[&[u8]]) -> [u8; 32] {
+        let mut c = Context::new(&SHA256);
+        for p in parts {
+            c.update(p);
+        }
+        c.finish().as_ref().try_into().unwrap()
+    }
+    fn leaf(d: &[u8]) -> [u8; 32] {
+        sha(&[&[0], d])
+    }
+    fn node(l: &[u8; 32], r: &[u8; 32]) -> [u8; 32] {
+        sha(&[&[1], l, r])
+    }
+    /// RFC 6962 §2.1 MTH, recursively.
+    fn mth(leaves: &[[u8; 32]]) -> [u8; 32] {
+        match leaves.len() {
+            0 => sha(&[]),
+            1 => leaves[0],
+            n => {
+                let k = 1usize << (usize::BITS - 1 - (n - 1).leading_zeros());
+                node(&mth(&leaves[..k]), &mth(&leaves[k..]))
+            }
+        }
+    }
+    /// RFC 9162 §2.1.3.2.
+    fn verify_inclusion(
+        index: u64,
+        size: u64,
+        leaf_hash: [u8; 32],
+        proof: &[[u8; 32]],
+        root: [u8; 32],
+    ) -> bool {
+        if index >= size {
+            return false;
+        }
+        let (mut fn_, mut sn) = (index, size - 1);
+        let mut r = leaf_hash;
+        for p in proof {
+            if sn == 0 {
+                return false;
+            }
+            if fn_ & 1 == 1 || fn_ == sn {
+                r = node(p, &r);
+                if fn_ & 1 == 0 {
+                    while fn_ & 1 == 0 && fn_ != 0 {
+                        fn_ >>= 1;
+                        sn >>= 1;
+                    }
+                }
+            } else {
+                r = node(&r, p);
+            }
+            fn_ >>= 1;
+            sn >>= 1;
+        }
+        sn == 0 && r == root
+    }
+    /// RFC 9162 §2.1.4.2.
+    fn verify_consistency(
+        first: u64,
+        second: u64,
+        r1: [u8; 32],
+        r2: [u8; 32],
+        proof: &[[u8; 32]],
+    ) -> bool {
+        if first == second {
+            return proof.is_empty() && r1 == r2;
+        }
+        let mut path: Vec<[u8; 32]> = proof.to_vec();
+        if first.is_power_of_two() {
+            path.insert(0, r1);
+        }
+        let (mut fn_, mut sn) = (first - 1, second - 1);
+        while fn_ & 1 == 1 {
+            fn_ >>= 1;
+            sn >>= 1;
+        }
+        let mut it = path.into_iter();
+        let Some(c) = it.next() else { return false };
+        let (mut fr, mut sr) = (c, c);
+        for c in it {
+            if sn == 0 {
+                return false;
+            }
+            if fn_ & 1 == 1 || fn_ == sn {
+                fr = node(&c, &fr);
+                sr = node(&c, &sr);
+                while fn_ & 1 == 0 && fn_ != 0 {
+                    fn_ >>= 1;
+                    sn >>= 1;
+                }
+            } else {
+                sr = node(&sr, &c);
+            }
+            fn_ >>= 1;
+            sn >>= 1;
+        }
+        fr == r1 && sr == r2 && sn == 0
+    }
+    fn unb64(s: &str) -> [u8; 32] {
+        BASE64.decode(s.as_bytes()).unwrap().try_into().unwrap()
+    }
+
+    #[tokio::test]
+    async fn proofs_check_out_against_an_independent_rfc6962_implementation() {
+        let (_tmp, vault) = vault_with_records(4).await;
+        let first = vault.checkpoint().await.unwrap();
+        add_records(&vault, 13).await;
+        let second = vault.checkpoint().await.unwrap();
+        let recs = vault.store.audit_events(0, 1_000_000).await.unwrap();
+        let leaves: Vec<[u8; 32]> = recs[..second.size as usize]
+            .iter()
+            .map(|r| leaf(r.event_json.as_bytes()))
+            .collect();
+        assert_eq!(mth(&leaves), second.root);
+        assert_eq!(mth(&leaves[..first.size as usize]), first.root);
+
+        for seq in 1..=second.size {
+            let p = vault.prove_inclusion(seq, None).await.unwrap();
+            let proof: Vec<[u8; 32]> = p.proof.iter().map(|s| unb64(s)).collect();
+            assert_eq!(unb64(&p.leaf_hash), leaves[seq as usize - 1]);
+            assert!(
+                verify_inclusion(
+                    seq - 1,
+                    second.size,
+                    leaves[seq as usize - 1],
+                    &proof,
+                    second.root
+                ),
+                "seq {seq}"
+            );
+            // A proof for the wrong leaf does not verify.
+            let other = leaves[(seq as usize) % leaves.len()];
+            if other != leaves[seq as usize - 1] {
+                assert!(!verify_inclusion(
+                    seq - 1,
+                    second.size,
+                    other,
+                    &proof,
+                    second.root
+                ));
+            }
+        }
+        for from in 1..=second.size {
+            let p = vault.prove_consistency(from, None).await.unwrap();
+            let proof: Vec<[u8; 32]> = p.proof.iter().map(|s| unb64(s)).collect();
+            let r1 = mth(&leaves[..from as usize]);
+            assert_eq!(unb64(&p.from_root), r1);
+            assert!(
+                verify_consistency(from, second.size, r1, second.root, &proof),
+                "from {from}"
+            );
+            assert!(
+                !verify_consistency(from, second.size, r1, first.root, &proof)
+                    || first.root == second.root
+            );
+        }
+        // Beyond the latest checkpoint: a clear error, not a panic.
+        assert!(matches!(
+            vault.prove_inclusion(second.size + 1, None).await,
+            Err(VaultError::Invalid { .. })
+        ));
+        assert!(matches!(
+            vault.prove_consistency(1, Some(second.size + 5)).await,
+            Err(VaultError::Invalid { .. })
+        ));
+    }
+}

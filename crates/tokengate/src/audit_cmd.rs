@@ -1,0 +1,205 @@
+//! `tokengate audit …`: verify the trail, sign and print checkpoints, prove
+//! inclusion and consistency. Exit codes: 0 ok; 1 verification failed; 2 the
+//! input (a checkpoint file, a record number) cannot be used.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use tokengate_server::config::{Config, ProcessEnv};
+use tokengate_vault::{Vault, VaultError};
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// Verify the hash chain, the signed head, every stored checkpoint and the
+    /// Merkle tree (recomputed from the records); exit 1 naming the first bad record.
+    Verify {
+        #[arg(long, default_value = "./tokengate-data", env = "TOKENGATE_DATA_DIR")]
+        data_dir: PathBuf,
+        /// A checkpoint saved earlier (`audit checkpoint --out FILE`): the log
+        /// must still contain exactly the records it covered.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign a checkpoint covering every record so far and print it (C2SP
+    /// tlog-checkpoint signed note). Keep a copy outside tokengate.
+    Checkpoint {
+        #[arg(long, default_value = "./tokengate-data", env = "TOKENGATE_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Also write the note to FILE.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a Merkle proof as JSON: inclusion of record `--seq`, or
+    /// consistency from tree size `--from` (RFC 9162), up to `--tree-size`
+    /// (default: the latest checkpoint).
+    Prove {
+        #[arg(long, default_value = "./tokengate-data", env = "TOKENGATE_DATA_DIR")]
+        data_dir: PathBuf,
+        #[arg(long, conflicts_with = "from", required_unless_present = "from")]
+        seq: Option<u64>,
+        #[arg(long)]
+        from: Option<u64>,
+        #[arg(long)]
+        tree_size: Option<u64>,
+    },
+}
+
+async fn open(data_dir: &Path) -> anyhow::Result<std::sync::Arc<Vault>> {
+    let mut cfg = Config::load(None, &ProcessEnv).unwrap_or_default();
+    cfg.data_dir = data_dir.to_path_buf();
+    Ok(tokengate_server::run::open_vault(&cfg).await?)
+}
+
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
+}
+
+pub async fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        AuditCmd::Verify {
+            data_dir,
+            checkpoint,
+            json,
+        } => verify(&data_dir, checkpoint.as_deref(), json).await,
+        AuditCmd::Checkpoint {
+            data_dir,
+            out,
+            json,
+        } => {
+            let vault = open(&data_dir).await?;
+            let cp = vault.checkpoint().await?;
+            if let Some(path) = out {
+                std::fs::write(&path, &cp.note)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "origin": cp.origin,
+                        "tree_size": cp.size,
+                        "root": data_encoding::BASE64.encode(&cp.root),
+                        "note": cp.note,
+                        "verifier_key": tokengate_audit::checkpoint::verifier_key(&vault.audit_public_key()?),
+                    })
+                );
+            } else {
+                print!("{}", cp.note);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCmd::Prove {
+            data_dir,
+            seq,
+            from,
+            tree_size,
+        } => {
+            let vault = open(&data_dir).await?;
+            let out = match (seq, from) {
+                (Some(seq), _) => vault
+                    .prove_inclusion(seq, tree_size)
+                    .await
+                    .map(|p| serde_json::to_string_pretty(&p)),
+                (None, Some(from)) => vault
+                    .prove_consistency(from, tree_size)
+                    .await
+                    .map(|p| serde_json::to_string_pretty(&p)),
+                (None, None) => return Ok(usage_error("give --seq N or --from N")),
+            };
+            match out {
+                Ok(text) => {
+                    println!("{}", text?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(VaultError::Invalid { message, .. }) => Ok(usage_error(&message)),
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+async fn verify(
+    data_dir: &Path,
+    checkpoint: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let vault = open(data_dir).await?;
+    let pinned = match checkpoint {
+        None => None,
+        Some(path) => {
+            let text = match std::fs::read_to_string(path) {
+                Ok(t) => t,
+                Err(e) => return Ok(usage_error(&format!("cannot read {}: {e}", path.display()))),
+            };
+            match vault.open_checkpoint(&text) {
+                Ok(c) => Some(c),
+                Err(e @ tokengate_audit::CheckpointError::Malformed(_)) => {
+                    return Ok(usage_error(&format!("{}: {e}", path.display())));
+                }
+                // Well-formed but not ours: as serious as a failed check.
+                Err(e) => {
+                    report_failure(json, None, &format!("{}: {e}", path.display()));
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+    };
+    match vault.verify_audit(pinned.as_ref()).await? {
+        Ok(report) => {
+            let latest = vault.latest_checkpoint().await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "ok": true,
+                        "records": report.records,
+                        "last_seq": report.last_seq,
+                        "head_hash": report.head_hash,
+                        "latest_checkpoint": latest.as_ref().map(|c| c.size),
+                        "pinned_checkpoint": pinned.as_ref().map(|c| c.size),
+                    })
+                );
+            } else {
+                println!(
+                    "audit trail intact: {} records, head {} (seq {})",
+                    report.records, report.head_hash, report.last_seq
+                );
+                if let Some(c) = latest {
+                    println!(
+                        "latest checkpoint: {} records, root {}",
+                        c.size,
+                        data_encoding::BASE64.encode(&c.root)
+                    );
+                }
+                if let Some(c) = pinned {
+                    println!(
+                        "the log still holds exactly the {} records of the given checkpoint",
+                        c.size
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            report_failure(json, e.seq(), &e.to_string());
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn report_failure(json: bool, seq: Option<u64>, message: &str) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"ok": false, "first_bad_record": seq, "error": message})
+        );
+    } else {
+        println!("audit trail FAILED verification: {message}");
+    }
+}
