@@ -115,6 +115,8 @@ pub enum Action {
     AcmeDisable,
     /// An ACME order (issuance or renewal) finished, successfully or not.
     AcmeOrder,
+    /// Someone read or exported the audit log (PCI DSS 10.2.1.3).
+    AuditRead,
 }
 
 impl Action {
@@ -145,6 +147,7 @@ impl Action {
             Action::AcmeEnable => "acme_enable",
             Action::AcmeDisable => "acme_disable",
             Action::AcmeOrder => "acme_order",
+            Action::AuditRead => "audit_read",
         }
     }
 }

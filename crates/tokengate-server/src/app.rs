@@ -181,6 +181,13 @@ pub fn router(state: AppState) -> Router {
             "/v1/api-keys/{id}",
             axum::routing::delete(routes::api_keys::revoke),
         )
+        .route("/v1/audit/events", get(routes::audit::events))
+        .route("/v1/audit/checkpoint", get(routes::audit::checkpoint))
+        .route("/v1/audit/proofs/inclusion", get(routes::audit::inclusion))
+        .route(
+            "/v1/audit/proofs/consistency",
+            get(routes::audit::consistency),
+        )
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::health::metrics))

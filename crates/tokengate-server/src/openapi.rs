@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{api_keys, health, tokens};
+use crate::routes::{api_keys, audit, health, tokens};
 
 struct BearerAuth;
 
@@ -28,10 +28,11 @@ impl Modify for BearerAuth {
     paths(
         tokens::create, tokens::batch, tokens::info, tokens::reveal, tokens::delete, tokens::search,
         api_keys::create, api_keys::list, api_keys::revoke,
+        audit::events, audit::checkpoint, audit::inclusion, audit::consistency,
         health::healthz, health::readyz, health::metrics, health::openapi,
     ),
     modifiers(&BearerAuth),
-    tags((name = "tokens", description = "Card tokenization"), (name = "api-keys", description = "Access control"), (name = "operations"))
+    tags((name = "tokens", description = "Card tokenization"), (name = "api-keys", description = "Access control"), (name = "audit", description = "Audit log: search, checkpoints, proofs (role auditor)"), (name = "operations"))
 )]
 pub struct ApiDoc;
 

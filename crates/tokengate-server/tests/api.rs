@@ -342,7 +342,12 @@ async fn role_matrix() {
         ("POST /v1/api-keys", "admin"),
         ("GET /v1/api-keys", "admin"),
         ("DELETE /v1/api-keys/{k}", "admin"),
+        ("GET /v1/audit/events?limit=5", "auditor"),
+        ("GET /v1/audit/checkpoint", "auditor"),
+        ("GET /v1/audit/proofs/inclusion?seq=1", "auditor"),
+        ("GET /v1/audit/proofs/consistency?from=1", "auditor"),
     ];
+    h.vault().checkpoint().await.unwrap();
     for (route, required) in routes {
         for (role, key) in &keys {
             let (_, t) = h.tokenize(&setup, card("4242424242424242")).await;
@@ -843,5 +848,184 @@ async fn request_id_and_client_ip_reach_the_audit_record() {
     assert_eq!(ev["user_agent"], "shop/1.0 ************4242");
     assert!(ev["actor"].as_str().unwrap().starts_with("key_"));
     assert!(ev["token"].as_str().unwrap().starts_with("tok_"));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_search_checkpoint_and_proofs_over_the_api() {
+    let h = Harness::start().await;
+    let k = h.key(&["tokenize"]).await;
+    let auditor = h.key(&["auditor"]).await;
+    let (_, t) = h.tokenize(&k, card("4242424242424242")).await;
+    let token = t["token"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        let (s, _) = h
+            .call("GET", &format!("/v1/tokens/{token}"), Some(&k), None)
+            .await;
+        assert_eq!(s, 200);
+    }
+    let (s, _) = h
+        .call(
+            "GET",
+            "/v1/tokens/tok_x",
+            Some("tg_aaaaaaaaaaaaaaaa_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 401);
+
+    // By token: the create and the three reads, oldest first.
+    let (s, v) = h
+        .call(
+            "GET",
+            &format!("/v1/audit/events?token={token}"),
+            Some(&auditor),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let actions: Vec<&str> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"]["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["token_create", "token_read", "token_read", "token_read"]
+    );
+    // By outcome and action.
+    let (_, v) = h
+        .call(
+            "GET",
+            "/v1/audit/events?outcome=failure&action=auth_failure",
+            Some(&auditor),
+            None,
+        )
+        .await;
+    assert!(!v["events"].as_array().unwrap().is_empty(), "{v}");
+    assert!(
+        v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["event"]["outcome"] == "failure")
+    );
+    // Paging: two at a time, no record twice, in order.
+    let (mut after, mut seen) = (0u64, Vec::new());
+    loop {
+        let (s, v) = h
+            .call(
+                "GET",
+                &format!("/v1/audit/events?limit=2&after_seq={after}&until=9999999999999"),
+                Some(&auditor),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        for e in v["events"].as_array().unwrap() {
+            seen.push(e["seq"].as_u64().unwrap());
+        }
+        match v["next_after_seq"].as_u64() {
+            Some(n) => after = n,
+            None => break,
+        }
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]) && seen.len() >= 6,
+        "{seen:?}"
+    );
+    // A time window in the future is empty; RFC 3339 is accepted.
+    let (s, v) = h
+        .call(
+            "GET",
+            "/v1/audit/events?since=2999-01-01T00:00:00Z",
+            Some(&auditor),
+            None,
+        )
+        .await;
+    assert_eq!((s, v["events"].as_array().unwrap().len()), (200, 0), "{v}");
+    // Every search was itself audited.
+    let (_, v) = h
+        .call(
+            "GET",
+            "/v1/audit/events?action=audit_read&limit=1000",
+            Some(&auditor),
+            None,
+        )
+        .await;
+    assert!(v["events"].as_array().unwrap().len() >= 4, "{v}");
+
+    // Bad parameters: 400 with a code, never a 5xx.
+    for (q, code) in [
+        ("since=yesterday", "invalid_time"),
+        ("outcome=maybe", "invalid_outcome"),
+        ("limit=0", "invalid_request"),
+        ("limit=5000", "invalid_request"),
+        ("after_seq=-1", "invalid_request"),
+        ("colour=red", "invalid_request"),
+        ("token=a&token=b", "invalid_request"),
+    ] {
+        let (s, v) = h
+            .call(
+                "GET",
+                &format!("/v1/audit/events?{q}"),
+                Some(&auditor),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{q}: {v}"
+        );
+    }
+
+    // The server signs one at start; a fresh one covers everything so far.
+    h.vault().checkpoint().await.unwrap();
+    let (s, cp) = h
+        .call("GET", "/v1/audit/checkpoint", Some(&auditor), None)
+        .await;
+    assert_eq!(s, 200, "{cp}");
+    let size = cp["tree_size"].as_u64().unwrap();
+    assert!(cp["note"].as_str().unwrap().starts_with("tokengate/audit/"));
+    let (s, p) = h
+        .call(
+            "GET",
+            &format!("/v1/audit/proofs/inclusion?seq={size}"),
+            Some(&auditor),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, p["tree_size"].as_u64(), p["root"].clone()),
+        (200, Some(size), cp["root"].clone()),
+        "{p}"
+    );
+    let (s, p) = h
+        .call(
+            "GET",
+            "/v1/audit/proofs/consistency?from=1",
+            Some(&auditor),
+            None,
+        )
+        .await;
+    assert_eq!((s, p["to_root"].clone()), (200, cp["root"].clone()), "{p}");
+    for q in [
+        format!("inclusion?seq={}", size + 100),
+        "inclusion".to_owned(),
+        "consistency?from=0".to_owned(),
+        format!("consistency?from=1&to={}", size + 100),
+    ] {
+        let (s, v) = h
+            .call(
+                "GET",
+                &format!("/v1/audit/proofs/{q}"),
+                Some(&auditor),
+                None,
+            )
+            .await;
+        assert_eq!(s, 400, "{q}: {v}");
+    }
     h.stop().await;
 }

@@ -268,3 +268,20 @@ pub struct AcmeAccountRow {
 
 /// A page of audit records, as stored.
 pub use tokengate_audit::StoredEvent;
+
+/// Filters for searching the audit log; every field set must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// `ts_ms >= since_ms`.
+    pub since_ms: Option<i64>,
+    /// `ts_ms < until_ms`.
+    pub until_ms: Option<i64>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub token: Option<String>,
+    pub request_id: Option<String>,
+    /// `Some(true)`: successes only; `Some(false)`: failures only.
+    pub success: Option<bool>,
+    /// Records with `seq > after_seq` (paging).
+    pub after_seq: u64,
+}

@@ -423,6 +423,63 @@ impl Store {
         rows.iter().map(stored_event).collect()
     }
 
+    /// Audit records matching `q`, in `seq` order, at most `limit`. Token and
+    /// request-id filters use their indexes; time ranges scan in `seq` order
+    /// (records are appended in time order, so paging by `after_seq` bounds
+    /// each page).
+    pub async fn search_audit(
+        &self,
+        q: &AuditQuery,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut sql = String::from(
+            "SELECT seq, event_json, prev_hash, hash FROM audit_events WHERE seq > $1",
+        );
+        let mut n = 1;
+        let mut cond = |sql: &mut String, clause: &str| {
+            n += 1;
+            sql.push_str(&format!(" AND {clause} ${n}"));
+        };
+        if q.since_ms.is_some() {
+            cond(&mut sql, "ts_ms >=");
+        }
+        if q.until_ms.is_some() {
+            cond(&mut sql, "ts_ms <");
+        }
+        if q.actor.is_some() {
+            cond(&mut sql, "actor =");
+        }
+        if q.action.is_some() {
+            cond(&mut sql, "action =");
+        }
+        if q.token.is_some() {
+            cond(&mut sql, "token =");
+        }
+        if q.request_id.is_some() {
+            cond(&mut sql, "request_id =");
+        }
+        if q.success.is_some() {
+            cond(&mut sql, "outcome =");
+        }
+        sql.push_str(&format!(" ORDER BY seq LIMIT ${}", n + 1));
+        let after = i64::try_from(q.after_seq).map_err(|_| StoreError::Corrupt("seq".into()))?;
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(after);
+        for v in [q.since_ms, q.until_ms].into_iter().flatten() {
+            query = query.bind(v);
+        }
+        for v in [&q.actor, &q.action, &q.token, &q.request_id]
+            .into_iter()
+            .flatten()
+        {
+            query = query.bind(v.clone());
+        }
+        if let Some(ok) = q.success {
+            query = query.bind(if ok { "success" } else { "failure" });
+        }
+        let rows = query.bind(limit).fetch_all(&self.pool).await?;
+        rows.iter().map(stored_event).collect()
+    }
+
     /// Audit records about `token` or carrying `request_id` (incident response).
     pub async fn audit_events_for(
         &self,

@@ -20,8 +20,11 @@ use tokengate_audit::checkpoint::{self, CheckpointError, SignedCheckpoint};
 use tokengate_audit::merkle::{
     self, Hash, Reader, RootBuilder, StoredTree, TreeError, leaf_hash, stored_hash_index,
 };
+use tokengate_audit::{Action, Ident, Outcome, SafeText, StoredEvent};
 use tokengate_audit::{Verifier, VerifyError, VerifyReport};
-use tokengate_store::{CheckpointRow, Job, JobError, Op, Store};
+use tokengate_store::{AuditQuery, CheckpointRow, Job, JobError, Op, Store};
+
+use crate::access::{Caller, RequestMeta, Role, event};
 
 use crate::clock::now_ms;
 use crate::error::VaultError;
@@ -29,6 +32,8 @@ use crate::open::Vault;
 
 /// Records read per page while checkpointing or verifying.
 const PAGE: i64 = 5000;
+/// Records per page of an export.
+const PAGE_EXPORT: i32 = 5000;
 
 /// An inclusion proof: record `seq` is leaf `seq - 1` of the tree of
 /// `tree_size` records whose root is `root`.
@@ -198,6 +203,89 @@ impl Vault {
         })
     }
 
+    /// Search the audit log (role `auditor`). The search itself is audited
+    /// before any record is returned (PCI DSS 10.2.1.3), fail closed.
+    pub async fn search_audit(
+        &self,
+        caller: &Caller,
+        q: &AuditQuery,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, VaultError> {
+        self.require(caller, Role::Auditor, Action::AuditRead)
+            .await?;
+        self.audited_search(&caller.key_id, Some(&caller.tenant), &caller.meta, q, limit)
+            .await
+    }
+
+    /// The same for the local CLI (`tokengate audit search|export`), recorded
+    /// with actor `cli`.
+    pub async fn search_audit_local(
+        &self,
+        q: &AuditQuery,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, VaultError> {
+        self.audited_search(
+            &Ident::from_static("cli"),
+            None,
+            &RequestMeta::default(),
+            q,
+            limit,
+        )
+        .await
+    }
+
+    /// Every record with `ts_ms >= since_ms` up to the current head, oldest
+    /// first, handed to `sink` page by page; audited once (actor `cli`)
+    /// before anything is read. Returns the number exported.
+    pub async fn export_audit_local(
+        &self,
+        since_ms: i64,
+        mut sink: impl FnMut(&StoredEvent) -> std::io::Result<()>,
+    ) -> Result<u64, VaultError> {
+        let mut q = AuditQuery {
+            since_ms: Some(since_ms),
+            ..AuditQuery::default()
+        };
+        let mut ev = event(
+            Action::AuditRead,
+            Outcome::Success,
+            &Ident::from_static("cli"),
+            None,
+            &RequestMeta::default(),
+        );
+        ev.detail = Some(SafeText::new(&format!("export {}", describe(&q))));
+        self.record(vec![ev]).await?;
+        // Stop at the head as it is now: the export's own record and later
+        // ones belong to the next export.
+        let head = self.store.audit_head().await?.map_or(0, |h| h.seq);
+        let mut count = 0;
+        while q.after_seq < head {
+            let page = self.store.search_audit(&q, i64::from(PAGE_EXPORT)).await?;
+            let Some(last) = page.last() else { break };
+            q.after_seq = last.seq;
+            for r in page.iter().take_while(|r| r.seq <= head) {
+                sink(r).map_err(|e| VaultError::Internal(format!("export output: {e}")))?;
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    async fn audited_search(
+        &self,
+        actor: &Ident,
+        tenant: Option<&str>,
+        meta: &RequestMeta,
+        q: &AuditQuery,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, VaultError> {
+        let mut ev = event(Action::AuditRead, Outcome::Success, actor, tenant, meta);
+        ev.detail = Some(SafeText::new(&describe(q)));
+        self.record(vec![ev]).await?;
+        let limit = i64::try_from(limit.clamp(1, 10_000)).unwrap_or(10_000);
+        Ok(self.store.search_audit(q, limit).await?)
+    }
+
     /// The newest stored checkpoint, signature checked.
     pub async fn latest_checkpoint(&self) -> Result<Option<SignedCheckpoint>, VaultError> {
         let pk = self.audit_public_key()?;
@@ -308,6 +396,77 @@ impl Vault {
             .map_err(|e| CheckpointError::Malformed(e.to_string()))?;
         checkpoint::open(note, &pk)
     }
+}
+
+/// A time bound for searches: RFC 3339 (`2026-11-22T10:00:00Z`) or Unix
+/// milliseconds.
+pub fn parse_time(s: &str) -> Result<i64, VaultError> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
+        .map_err(|_| VaultError::Invalid {
+            code: "invalid_time",
+            message: format!(
+                "{:?} is not a time: use RFC 3339 (2026-11-22T10:00:00Z) or Unix milliseconds",
+                tokengate_core::redact_pans(s)
+            ),
+        })
+}
+
+/// `success` / `failure` → the query's outcome filter.
+pub fn parse_outcome(s: &str) -> Result<bool, VaultError> {
+    match s {
+        "success" => Ok(true),
+        "failure" => Ok(false),
+        _ => Err(VaultError::Invalid {
+            code: "invalid_outcome",
+            message: "outcome must be `success` or `failure`".into(),
+        }),
+    }
+}
+
+/// One record as search results show it: `{seq, hash, event}` (hashes hex).
+/// With `exact`, as exports carry it instead: `{seq, prev_hash, hash,
+/// event_json}` with the byte-exact JSON that was hashed, so the chain and the
+/// Merkle tree can be recomputed from an export alone.
+pub fn record_json(r: &StoredEvent, exact: bool) -> serde_json::Value {
+    let hex = |h: &[u8]| data_encoding::HEXLOWER.encode(h);
+    if exact {
+        serde_json::json!({
+            "seq": r.seq,
+            "prev_hash": hex(&r.prev_hash),
+            "hash": hex(&r.hash),
+            "event_json": r.event_json,
+        })
+    } else {
+        let event: serde_json::Value =
+            serde_json::from_str(&r.event_json).unwrap_or(serde_json::Value::Null);
+        serde_json::json!({ "seq": r.seq, "hash": hex(&r.hash), "event": event })
+    }
+}
+
+/// The filters of a search, for its own audit record.
+fn describe(q: &AuditQuery) -> String {
+    let mut parts = vec![format!("after_seq={}", q.after_seq)];
+    let mut add = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            parts.push(format!("{k}={v}"));
+        }
+    };
+    add("since_ms", q.since_ms.map(|v| v.to_string()));
+    add("until_ms", q.until_ms.map(|v| v.to_string()));
+    add("actor", q.actor.clone());
+    add("action", q.action.clone());
+    add("token", q.token.clone());
+    add("request_id", q.request_id.clone());
+    add(
+        "outcome",
+        q.success
+            .map(|ok| if ok { "success" } else { "failure" }.to_owned()),
+    );
+    parts.join(" ")
 }
 
 fn open_row(c: &CheckpointRow, pk: &[u8]) -> Result<SignedCheckpoint, VaultError> {

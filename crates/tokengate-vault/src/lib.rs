@@ -32,3 +32,4 @@ pub use certs::{
 pub use error::VaultError;
 pub use init::{InitOptions, InitOutput, init};
 pub use open::{DataDir, Vault, VaultConfig, is_fresh};
+pub use tokengate_store::AuditQuery;

@@ -2,6 +2,7 @@
 //! inclusion and consistency. Exit codes: 0 ok; 1 verification failed; 2 the
 //! input (a checkpoint file, a record number) cannot be used.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -34,6 +35,30 @@ pub enum AuditCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Search the audit log; prints one JSON record per line
+    /// (`{seq, hash, event}` as JSON). The search is itself audited (actor `cli`).
+    Search {
+        #[arg(long, default_value = "./tokengate-data", env = "TOKENGATE_DATA_DIR")]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        filter: Filter,
+        /// At most this many records (1-10000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Export every record since a time as JSON Lines with the exact hashed
+    /// JSON (seq, prev_hash, hash, event_json), oldest first, so the
+    /// chain and the Merkle tree can be recomputed from the file alone.
+    Export {
+        #[arg(long, default_value = "./tokengate-data", env = "TOKENGATE_DATA_DIR")]
+        data_dir: PathBuf,
+        /// RFC 3339 time or Unix milliseconds.
+        #[arg(long)]
+        since: String,
+        /// Output format (only `jsonl`).
+        #[arg(long, default_value = "jsonl", value_parser = ["jsonl"])]
+        format: String,
+    },
     /// Print a Merkle proof as JSON: inclusion of record `--seq`, or
     /// consistency from tree size `--from` (RFC 9162), up to `--tree-size`
     /// (default: the latest checkpoint).
@@ -47,6 +72,49 @@ pub enum AuditCmd {
         #[arg(long)]
         tree_size: Option<u64>,
     },
+}
+
+/// Search filters shared by `audit search`.
+#[derive(clap::Args, Debug)]
+pub struct Filter {
+    /// RFC 3339 time or Unix milliseconds (inclusive).
+    #[arg(long)]
+    since: Option<String>,
+    /// RFC 3339 time or Unix milliseconds (exclusive).
+    #[arg(long)]
+    until: Option<String>,
+    /// API key id, `system`, `cli` or `anonymous`.
+    #[arg(long)]
+    actor: Option<String>,
+    /// e.g. `token_reveal`, `auth_failure`.
+    #[arg(long)]
+    action: Option<String>,
+    #[arg(long)]
+    token: Option<String>,
+    #[arg(long)]
+    request_id: Option<String>,
+    /// `success` or `failure`.
+    #[arg(long)]
+    outcome: Option<String>,
+    /// Only records after this sequence number (paging).
+    #[arg(long, default_value_t = 0)]
+    after_seq: u64,
+}
+
+impl Filter {
+    fn query(&self) -> Result<tokengate_vault::AuditQuery, VaultError> {
+        use tokengate_vault::auditlog::{parse_outcome, parse_time};
+        Ok(tokengate_vault::AuditQuery {
+            since_ms: self.since.as_deref().map(parse_time).transpose()?,
+            until_ms: self.until.as_deref().map(parse_time).transpose()?,
+            actor: self.actor.clone(),
+            action: self.action.clone(),
+            token: self.token.clone(),
+            request_id: self.request_id.clone(),
+            success: self.outcome.as_deref().map(parse_outcome).transpose()?,
+            after_seq: self.after_seq,
+        })
+    }
 }
 
 async fn open(data_dir: &Path) -> anyhow::Result<std::sync::Arc<Vault>> {
@@ -92,6 +160,44 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", cp.note);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCmd::Search {
+            data_dir,
+            filter,
+            limit,
+        } => {
+            let q = match filter.query() {
+                Ok(q) => q,
+                Err(e) => return Ok(usage_error(&e.to_string())),
+            };
+            if !(1..=10_000).contains(&limit) {
+                return Ok(usage_error("--limit must be 1-10000"));
+            }
+            let vault = open(&data_dir).await?;
+            let mut out = std::io::stdout().lock();
+            for r in vault.search_audit_local(&q, limit).await? {
+                writeln!(out, "{}", tokengate_vault::auditlog::record_json(&r, false))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCmd::Export {
+            data_dir,
+            since,
+            format: _,
+        } => {
+            let since = match tokengate_vault::auditlog::parse_time(&since) {
+                Ok(t) => t,
+                Err(e) => return Ok(usage_error(&e.to_string())),
+            };
+            let vault = open(&data_dir).await?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            vault
+                .export_audit_local(since, |r| {
+                    writeln!(out, "{}", tokengate_vault::auditlog::record_json(r, true))
+                })
+                .await?;
+            out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
         AuditCmd::Prove {

@@ -2,5 +2,6 @@
 
 pub mod acme;
 pub mod api_keys;
+pub mod audit;
 pub mod health;
 pub mod tokens;
