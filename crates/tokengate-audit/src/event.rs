@@ -190,6 +190,52 @@ pub struct AuditEvent {
     pub user_agent: Option<SafeText>,
     /// Extra redacted detail (e.g. "count=3").
     pub detail: Option<SafeText>,
+    /// `client_ip` stored keyed-hashed instead (config `audit_hmac_fields`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip_hmac: Option<HmacValue>,
+    /// `user_agent` stored keyed-hashed instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent_hmac: Option<HmacValue>,
+}
+
+/// A field value replaced by its keyed hash: `hmac-sha256-v<N>:<base32>`
+/// (HMAC-SHA256 under version N of the vault's `audit` key). The same value
+/// always gives the same text, so records can be correlated
+/// (`tokengate audit hash VALUE`) without storing the value. Lowercase
+/// base32 keeps it from ever looking like a card number.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct HmacValue(String);
+
+impl HmacValue {
+    pub fn new(key_version: u32, mac: &[u8; 32]) -> HmacValue {
+        HmacValue(format!(
+            "hmac-sha256-v{key_version}:{}",
+            data_encoding::BASE32_NOPAD.encode(mac).to_ascii_lowercase()
+        ))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn parse(s: &str) -> Option<HmacValue> {
+        let rest = s.strip_prefix("hmac-sha256-v")?;
+        let (v, b32) = rest.split_once(':')?;
+        let ok = v.parse::<u32>().is_ok()
+            && b32.len() == 52
+            && b32
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b));
+        ok.then(|| HmacValue(s.to_owned()))
+    }
+}
+
+impl<'de> Deserialize<'de> for HmacValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        HmacValue::parse(&s).ok_or_else(|| serde::de::Error::custom("not an hmac-sha256 value"))
+    }
 }
 
 impl AuditEvent {
@@ -207,6 +253,8 @@ impl AuditEvent {
             client_ip: None,
             user_agent: None,
             detail: None,
+            client_ip_hmac: None,
+            user_agent_hmac: None,
         }
     }
 }
@@ -214,6 +262,22 @@ impl AuditEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hmac_values_have_one_shape() {
+        let v = HmacValue::new(2, &[7u8; 32]);
+        assert!(v.as_str().starts_with("hmac-sha256-v2:"));
+        assert!(!contains_pan_like(v.as_str()));
+        let json = serde_json::to_string(&v).unwrap();
+        assert_eq!(serde_json::from_str::<HmacValue>(&json).unwrap(), v);
+        for bad in [
+            "\"203.0.113.7\"",
+            "\"hmac-sha256-v1:short\"",
+            "\"hmac-sha256-vx:aaaa\"",
+        ] {
+            assert!(serde_json::from_str::<HmacValue>(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn safe_text_redacts_and_truncates() {

@@ -25,6 +25,6 @@ pub mod verify;
 
 pub use chain::{ChainHash, GENESIS, StoredEvent, chain_hash};
 pub use checkpoint::{CheckpointError, SignedCheckpoint};
-pub use event::{Action, AuditEvent, Ident, Outcome, SafeText};
+pub use event::{Action, AuditEvent, HmacValue, Ident, Outcome, SafeText};
 pub use head::SignedHead;
 pub use verify::{Verifier, VerifyError, VerifyReport};

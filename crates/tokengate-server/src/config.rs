@@ -57,6 +57,9 @@ pub struct Config {
     /// Seconds between signed audit checkpoints (made only when new records
     /// were written).
     pub audit_checkpoint_secs: u64,
+    /// Request fields stored in audit records only as keyed hashes
+    /// (`client_ip`, `user_agent`); `tokengate audit hash VALUE` correlates.
+    pub audit_hmac_fields: Vec<String>,
     pub log_format: LogFormat,
     /// Replaced by the certificate store (`tokengate certs add`); setting
     /// either is a configuration error that says so.
@@ -119,6 +122,7 @@ impl Default for Config {
             cvc_ttl_secs: 3600,
             cvc_sweep_secs: 10,
             audit_checkpoint_secs: 10,
+            audit_hmac_fields: Vec::new(),
             log_format: LogFormat::Text,
             tls_cert: None,
             tls_key: None,
@@ -254,6 +258,14 @@ impl Config {
                 _ => return Err(cerr("TOKENGATE_BEHIND_PROXY", "must be `true` or `false`")),
             };
         }
+        if let Some(v) = env.get("TOKENGATE_AUDIT_HMAC_FIELDS") {
+            cfg.audit_hmac_fields = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
         if let Some(v) = env.get("TOKENGATE_TRUSTED_PROXIES") {
             cfg.trusted_proxies = v
                 .split(',')
@@ -301,6 +313,16 @@ impl Config {
         }
         if !(1..=3600).contains(&self.cvc_sweep_secs) {
             return Err(cerr("cvc_sweep_secs", "must be 1-3600"));
+        }
+        if let Some(bad) = self
+            .audit_hmac_fields
+            .iter()
+            .find(|f| tokengate_vault::AuditHmacField::from_name(f).is_none())
+        {
+            return Err(cerr(
+                "audit_hmac_fields",
+                format!("unknown field {bad:?}; known: client_ip, user_agent"),
+            ));
         }
         if !(1..=3600).contains(&self.audit_checkpoint_secs) {
             return Err(cerr("audit_checkpoint_secs", "must be 1-3600"));

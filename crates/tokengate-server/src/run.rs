@@ -50,6 +50,11 @@ pub async fn open_vault(config: &Config) -> Result<Arc<Vault>, tokengate_vault::
     let mut vc = VaultConfig::new(&config.data_dir);
     vc.database_url = config.database_url.clone();
     vc.cvc_ttl = config.cvc_ttl();
+    vc.audit_hmac_fields = config
+        .audit_hmac_fields
+        .iter()
+        .filter_map(|f| tokengate_vault::AuditHmacField::from_name(f))
+        .collect();
     Ok(Arc::new(Vault::open(vc).await?))
 }
 

@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use tokengate_audit::AuditEvent;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::StoreError;
@@ -18,15 +19,39 @@ use crate::store::{HeadSigner, Store};
 
 type Reply = oneshot::Sender<Result<JobResult, StoreError>>;
 
+/// Rewrites an audit event before it is committed (e.g. replaces fields by
+/// keyed hashes). Runs on the submitting task, not on the writer.
+pub type EventFilter = Arc<dyn Fn(&mut AuditEvent) + Send + Sync>;
+
 /// Handle to the committer task. Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct GroupCommitter {
     tx: mpsc::Sender<(Job, Reply)>,
+    filter: Option<EventFilter>,
+}
+
+impl std::fmt::Debug for GroupCommitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommitter")
+            .field("filter", &self.filter.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl GroupCommitter {
     /// Start the committer task on the current tokio runtime.
     pub fn spawn(store: Store, signer: Arc<dyn HeadSigner>, max_batch: usize) -> GroupCommitter {
+        Self::spawn_with_filter(store, signer, max_batch, None)
+    }
+
+    /// [`GroupCommitter::spawn`] with an [`EventFilter`] applied to every
+    /// audit event submitted.
+    pub fn spawn_with_filter(
+        store: Store,
+        signer: Arc<dyn HeadSigner>,
+        max_batch: usize,
+        filter: Option<EventFilter>,
+    ) -> GroupCommitter {
         let (tx, mut rx) = mpsc::channel::<(Job, Reply)>(max_batch * 4);
         tokio::spawn(async move {
             let mut jobs = Vec::with_capacity(max_batch);
@@ -73,11 +98,15 @@ impl GroupCommitter {
                 jobs.clear();
             }
         });
-        GroupCommitter { tx }
+        GroupCommitter { tx, filter }
     }
 
     /// Commit `job` (with others waiting at the same time) and return its result.
-    pub async fn submit(&self, job: Job) -> Result<JobResult, StoreError> {
+    pub async fn submit(&self, mut job: Job) -> Result<JobResult, StoreError> {
+        if let Some(f) = &self.filter {
+            job.events.iter_mut().for_each(|e| f(e));
+            job.events_if_affected.iter_mut().for_each(|(_, e)| f(e));
+        }
         let (reply, rx) = oneshot::channel();
         self.tx
             .send((job, reply))

@@ -28,7 +28,7 @@ mod store;
 mod tls;
 mod wal_sync;
 
-pub use committer::GroupCommitter;
+pub use committer::{EventFilter, GroupCommitter};
 pub use model::*;
 pub use store::{Backend, HeadSigner, Store};
 pub use wal_sync::Durable;

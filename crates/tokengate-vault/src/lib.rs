@@ -31,5 +31,5 @@ pub use certs::{
 };
 pub use error::VaultError;
 pub use init::{InitOptions, InitOutput, init};
-pub use open::{DataDir, Vault, VaultConfig, is_fresh};
+pub use open::{AuditHmacField, DataDir, Vault, VaultConfig, is_fresh};
 pub use tokengate_store::AuditQuery;

@@ -57,6 +57,60 @@ pub struct VaultConfig {
     /// How long an authenticated API key is trusted before it is re-read
     /// (revocation on another node takes effect within this time).
     pub api_key_cache_ttl: Duration,
+    /// Request fields stored in audit records only as keyed hashes.
+    pub audit_hmac_fields: Vec<AuditHmacField>,
+}
+
+/// A request field that can be stored keyed-hashed in audit records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditHmacField {
+    ClientIp,
+    UserAgent,
+}
+
+impl AuditHmacField {
+    pub fn from_name(s: &str) -> Option<AuditHmacField> {
+        match s {
+            "client_ip" => Some(AuditHmacField::ClientIp),
+            "user_agent" => Some(AuditHmacField::UserAgent),
+            _ => None,
+        }
+    }
+}
+
+/// The keyed hash of an audit field value under the active `audit` key (the
+/// same function `tokengate audit hash` prints).
+pub fn audit_hmac(ring: &KeyRing, value: &str) -> Result<tokengate_audit::HmacValue, VaultError> {
+    let v = ring.active_version(KeyPurpose::Audit)?;
+    let mac = ring.hmac(
+        KeyPurpose::Audit,
+        v,
+        &[b"tokengate-audit-field-v1", value.as_bytes()],
+    )?;
+    Ok(tokengate_audit::HmacValue::new(v, &mac))
+}
+
+fn hmac_filter(
+    ring: Arc<KeyRing>,
+    fields: &[AuditHmacField],
+) -> Option<tokengate_store::EventFilter> {
+    if fields.is_empty() {
+        return None;
+    }
+    let (ip, ua) = (
+        fields.contains(&AuditHmacField::ClientIp),
+        fields.contains(&AuditHmacField::UserAgent),
+    );
+    Some(Arc::new(move |e: &mut tokengate_audit::AuditEvent| {
+        // Without the key the value is dropped, never kept in clear.
+        if ip && let Some(addr) = e.client_ip.take() {
+            e.client_ip_hmac = audit_hmac(&ring, &addr.to_string()).ok();
+        }
+        if ua && let Some(agent) = e.user_agent.take() {
+            e.user_agent_hmac = audit_hmac(&ring, agent.as_str()).ok();
+        }
+    }))
 }
 
 impl VaultConfig {
@@ -67,6 +121,7 @@ impl VaultConfig {
             cvc_ttl: Duration::from_secs(3600),
             max_commit_batch: 256,
             api_key_cache_ttl: Duration::from_secs(1),
+            audit_hmac_fields: Vec::new(),
         }
     }
 }
@@ -211,10 +266,11 @@ impl Vault {
             .meta("default_tenant")
             .await?
             .unwrap_or_else(|| "default".to_owned());
-        let committer = GroupCommitter::spawn(
+        let committer = GroupCommitter::spawn_with_filter(
             store.clone(),
             Arc::new(RingSigner(ring.clone())),
             config.max_commit_batch.max(1),
+            hmac_filter(ring.clone(), &config.audit_hmac_fields),
         );
         Ok(Vault {
             config,
@@ -224,6 +280,12 @@ impl Vault {
             key_cache: RwLock::new(HashMap::new()),
             tenant,
         })
+    }
+
+    /// `tokengate audit hash VALUE`: the text an HMAC'd audit field holds for
+    /// `value`.
+    pub fn audit_hash(&self, value: &str) -> Result<String, VaultError> {
+        Ok(audit_hmac(&self.ring, value)?.as_str().to_owned())
     }
 
     pub fn config(&self) -> &VaultConfig {

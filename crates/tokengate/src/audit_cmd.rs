@@ -59,6 +59,13 @@ pub enum AuditCmd {
         #[arg(long, default_value = "jsonl", value_parser = ["jsonl"])]
         format: String,
     },
+    /// Print the keyed hash that an HMAC'd audit field (`audit_hmac_fields`)
+    /// holds for VALUE, to find its records in a search or export.
+    Hash {
+        #[arg(long, default_value = "./tokengate-data", env = "TOKENGATE_DATA_DIR")]
+        data_dir: PathBuf,
+        value: String,
+    },
     /// Print a Merkle proof as JSON: inclusion of record `--seq`, or
     /// consistency from tree size `--from` (RFC 9162), up to `--tree-size`
     /// (default: the latest checkpoint).
@@ -160,6 +167,11 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", cp.note);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCmd::Hash { data_dir, value } => {
+            let vault = open(&data_dir).await?;
+            println!("{}", vault.audit_hash(&value)?);
             Ok(ExitCode::SUCCESS)
         }
         AuditCmd::Search {

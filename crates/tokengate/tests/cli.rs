@@ -467,3 +467,83 @@ fn audit_search_and_export_from_the_cli() {
         assert!(err.starts_with("error:"), "{err}");
     }
 }
+
+#[test]
+fn hmac_audit_fields_hide_the_value_and_audit_hash_finds_it() {
+    let base = test_dir("cli-hmac-");
+    let dir = base.join("data");
+    let admin = init(&dir);
+    let agent = "shop-checkout/7.1 (secret-host-name)";
+    let mut server = Server::start(
+        &dir,
+        &base.join("server.log"),
+        &[("TOKENGATE_AUDIT_HMAC_FIELDS", "client_ip,user_agent")],
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = client();
+        let k = new_key(&c, &server.base, &admin, &["tokenize"]).await;
+        let r = c
+            .post(format!("{}/v1/tokens", server.base))
+            .bearer_auth(&k)
+            .header("user-agent", agent)
+            .json(&json!({"card": {"number": pan_from(1), "exp_month": 1, "exp_year": 2031}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    });
+    server.terminate();
+    let hash = |v: &str| {
+        let out = bin()
+            .args(["audit", "hash", v, "--data-dir"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let (ua_hash, ip_hash) = (hash(agent), hash("127.0.0.1"));
+    assert!(ua_hash.starts_with("hmac-sha256-v1:"), "{ua_hash}");
+    assert_ne!(ua_hash, hash("other"));
+    let out = bin()
+        .args(["audit", "search", "--action", "token_create", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let ev: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(ev["event"]["user_agent_hmac"], ua_hash.as_str(), "{ev}");
+    assert_eq!(ev["event"]["client_ip_hmac"], ip_hash.as_str(), "{ev}");
+    assert!(
+        ev["event"]["user_agent"].is_null() && ev["event"]["client_ip"].is_null(),
+        "{ev}"
+    );
+    // The clear values are nowhere in the database or its WAL.
+    let files = files_under(&dir);
+    assert!(files.iter().any(|f| f.ends_with("tokengate.db")));
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !bytes.windows(16).any(|w| w == b"secret-host-name"),
+            "clear user agent in {}",
+            f.display()
+        );
+    }
+    let (code, v) = verify(&dir);
+    assert_eq!(code, 0, "{v}");
+
+    // An unknown field name is a configuration error.
+    let out = bin()
+        .args(["serve", "--data-dir"])
+        .arg(&dir)
+        .env("TOKENGATE_AUDIT_HMAC_FIELDS", "client_ip,password")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
