@@ -40,6 +40,13 @@ pub enum LogFormat {
 }
 
 /// Everything `serve` needs.
+/// The `[audit]` table of the configuration file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    pub drains: Vec<crate::drain::DrainConfig>,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -60,6 +67,8 @@ pub struct Config {
     /// Request fields stored in audit records only as keyed hashes
     /// (`client_ip`, `user_agent`); `tokengate audit hash VALUE` correlates.
     pub audit_hmac_fields: Vec<String>,
+    /// `[audit]` section: `[[audit.drains]]` (see `drain::DrainConfig`).
+    pub audit: AuditSection,
     pub log_format: LogFormat,
     /// Replaced by the certificate store (`tokengate certs add`); setting
     /// either is a configuration error that says so.
@@ -123,6 +132,7 @@ impl Default for Config {
             cvc_sweep_secs: 10,
             audit_checkpoint_secs: 10,
             audit_hmac_fields: Vec::new(),
+            audit: AuditSection::default(),
             log_format: LogFormat::Text,
             tls_cert: None,
             tls_key: None,
@@ -323,6 +333,17 @@ impl Config {
                 "audit_hmac_fields",
                 format!("unknown field {bad:?}; known: client_ip, user_agent"),
             ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for d in &self.audit.drains {
+            crate::drain::Drain::new(d.clone())
+                .map_err(|m| cerr(&format!("audit.drains[{}]", d.name), m))?;
+            if !names.insert(d.name.clone()) {
+                return Err(cerr(
+                    "audit.drains",
+                    format!("two drains are named {:?}", d.name),
+                ));
+            }
         }
         if !(1..=3600).contains(&self.audit_checkpoint_secs) {
             return Err(cerr("audit_checkpoint_secs", "must be 1-3600"));

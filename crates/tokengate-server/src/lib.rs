@@ -12,6 +12,8 @@
 //!   certificate store, hot reload, expiry watch) and the accept loops (HTTPS,
 //!   and the optional plain-HTTP redirect listener).
 //! - [`acme`]: ordering and renewing certificates (HTTP-01).
+//! - [`drain`]: audit drains (syslog over TLS, HTTPS) delivering from a
+//!   durable cursor.
 //! - [`edge`]: client address and scheme behind a proxy, redirect to HTTPS.
 //! - [`logging`]: the tracing subscriber whose writer masks card numbers.
 //! - [`config`]: file + environment configuration, validated before binding.
@@ -21,6 +23,7 @@
 pub mod acme;
 pub mod app;
 pub mod config;
+pub mod drain;
 pub mod edge;
 pub mod error;
 pub mod extract;

@@ -38,6 +38,8 @@ pub enum StartError {
     Vault(#[from] tokengate_vault::VaultError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error("{0}")]
+    Drain(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -128,6 +130,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     config.listen = Some(addr);
     let sweeper = vault.spawn_cvc_sweeper(Duration::from_secs(config.cvc_sweep_secs));
     let checkpointer = vault.spawn_checkpointer(Duration::from_secs(config.audit_checkpoint_secs));
+    let drains = config
+        .audit
+        .drains
+        .iter()
+        .map(|d| crate::drain::Drain::new(d.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| StartError::Drain(format!("audit drain: {e}")))?;
+    let drain_tasks = crate::drain::spawn_all(vault.clone(), drains);
     let reloader = tokio::spawn(tls::reload_loop(
         vault.clone(),
         resolver.clone(),
@@ -157,6 +167,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         crate::serve::serve(listener, Some(tls), app, stopped(stop_rx)).await;
         sweeper.abort();
         checkpointer.abort();
+        drain_tasks.iter().for_each(tokio::task::JoinHandle::abort);
         reloader.abort();
         expiry.abort();
         if let Some(acme) = acme {

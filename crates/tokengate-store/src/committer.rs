@@ -28,6 +28,10 @@ pub type EventFilter = Arc<dyn Fn(&mut AuditEvent) + Send + Sync>;
 pub struct GroupCommitter {
     tx: mpsc::Sender<(Job, Reply)>,
     filter: Option<EventFilter>,
+    /// Reasons the audit trail cannot be trusted right now (e.g. a
+    /// fail-closed drain is down). While any is set, jobs that write audit
+    /// events are refused.
+    gate: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl std::fmt::Debug for GroupCommitter {
@@ -98,11 +102,46 @@ impl GroupCommitter {
                 jobs.clear();
             }
         });
-        GroupCommitter { tx, filter }
+        GroupCommitter {
+            tx,
+            filter,
+            gate: Arc::default(),
+        }
     }
 
     /// Commit `job` (with others waiting at the same time) and return its result.
+    /// Open (`ok = true`) or close the audit gate for `reason`.
+    pub fn set_gate(&self, reason: &str, ok: bool) {
+        let mut g = self
+            .gate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changed = if ok {
+            g.remove(reason)
+        } else {
+            g.insert(reason.to_owned())
+        };
+        if changed {
+            if ok {
+                tracing::info!(reason, "audit gate reopened");
+            } else {
+                tracing::error!(reason, "audit gate closed: refusing audited operations");
+            }
+        }
+    }
+
     pub async fn submit(&self, mut job: Job) -> Result<JobResult, StoreError> {
+        if !job.events.is_empty() || !job.events_if_affected.is_empty() {
+            let g = self
+                .gate
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(reason) = g.iter().next() {
+                return Err(StoreError::AuditWrite(format!(
+                    "{reason} is not delivering and is configured to fail closed"
+                )));
+            }
+        }
         if let Some(f) = &self.filter {
             job.events.iter_mut().for_each(|e| f(e));
             job.events_if_affected.iter_mut().for_each(|(_, e)| f(e));

@@ -110,6 +110,12 @@ pub enum Op {
     },
     /// Fails with a conflict if a checkpoint of that size exists.
     InsertCheckpoint(CheckpointRow),
+    /// Records that drain `name` delivered everything up to `seq`. Never
+    /// moves a cursor backwards.
+    SetDrainCursor {
+        name: String,
+        seq: u64,
+    },
 }
 
 /// A signed checkpoint of the audit log.

@@ -96,5 +96,10 @@ pub fn migrations(backend: Backend) -> Vec<(i64, Vec<String>)> {
              wrapped_dek {blob} NOT NULL, sealed_credentials {blob} NOT NULL, created_at {int} NOT NULL)"
         ),
     ];
-    vec![(1, v1), (2, v2), (3, v3), (4, v4)]
+    // Version 5: audit drains' delivery cursors (the last sequence number
+    // each receiver confirmed).
+    let v5 = vec![format!(
+        "CREATE TABLE IF NOT EXISTS audit_drains (name TEXT PRIMARY KEY, delivered_seq {int} NOT NULL)"
+    )];
+    vec![(1, v1), (2, v2), (3, v3), (4, v4), (5, v5)]
 }

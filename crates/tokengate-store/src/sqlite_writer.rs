@@ -297,6 +297,12 @@ fn apply_ops(conn: &Connection, ops: &[Op]) -> rusqlite::Result<Vec<OpOutput>> {
                 .execute(params![key, value])? as u64,
             ),
             Op::Tls(op) => crate::tls::apply_sqlite(conn, op)?,
+            Op::SetDrainCursor { name, seq } => OpOutput::Affected(
+                conn.prepare_cached(
+                    "INSERT INTO audit_drains (name, delivered_seq) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET delivered_seq = excluded.delivered_seq WHERE excluded.delivered_seq > audit_drains.delivered_seq",
+                )?
+                .execute(params![name, i64::try_from(*seq).unwrap_or(i64::MAX)])? as u64,
+            ),
             Op::AppendTreeHashes { first_index, hashes } => {
                 let mut st = conn.prepare_cached("INSERT INTO audit_tree (idx, hash) VALUES (?1, ?2)")?;
                 for (k, h) in hashes.iter().enumerate() {

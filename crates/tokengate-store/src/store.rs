@@ -550,6 +550,19 @@ impl Store {
             .collect()
     }
 
+    /// The last sequence number drain `name` delivered (0: none yet).
+    pub async fn drain_cursor(&self, name: &str) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT delivered_seq FROM audit_drains WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(r) => u64::try_from(r.try_get::<i64, _>(0)?)
+                .map_err(|_| StoreError::Corrupt("drain cursor".into())),
+            None => Ok(0),
+        }
+    }
+
     /// The newest signed checkpoint.
     pub async fn latest_checkpoint(&self) -> Result<Option<CheckpointRow>, StoreError> {
         let row = sqlx::query(
@@ -1072,6 +1085,16 @@ async fn apply_ops(
                 OpOutput::Affected(r.rows_affected())
             }
             Op::Tls(op) => crate::tls::apply_any(conn, op).await?,
+            Op::SetDrainCursor { name, seq } => {
+                let r = sqlx::query(
+                    "INSERT INTO audit_drains (name, delivered_seq) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET delivered_seq = excluded.delivered_seq WHERE excluded.delivered_seq > audit_drains.delivered_seq",
+                )
+                .bind(name.as_str())
+                .bind(i64::try_from(*seq).unwrap_or(i64::MAX))
+                .execute(&mut *conn)
+                .await?;
+                OpOutput::Affected(r.rows_affected())
+            }
             Op::AppendTreeHashes {
                 first_index,
                 hashes,

@@ -286,6 +286,26 @@ impl Vault {
         Ok(self.store.search_audit(q, limit).await?)
     }
 
+    /// Record that drain `name` delivered every record up to `seq`.
+    pub async fn set_drain_cursor(&self, name: &str, seq: u64) -> Result<(), VaultError> {
+        let job = Job {
+            ops: vec![Op::SetDrainCursor {
+                name: name.to_owned(),
+                seq,
+            }],
+            ..Job::default()
+        };
+        match self.committer.submit(job).await? {
+            Ok(_) => Ok(()),
+            Err(e) => Err(VaultError::Internal(format!("drain cursor: {e:?}"))),
+        }
+    }
+
+    /// Open or close the audit gate for `reason` (see `GroupCommitter::set_gate`).
+    pub fn set_audit_gate(&self, reason: &str, ok: bool) {
+        self.committer.set_gate(reason, ok);
+    }
+
     /// The newest stored checkpoint, signature checked.
     pub async fn latest_checkpoint(&self) -> Result<Option<SignedCheckpoint>, VaultError> {
         let pk = self.audit_public_key()?;

@@ -60,6 +60,11 @@ pub struct Server {
 impl Server {
     /// Start `tokengate serve` on a free port; stderr goes to `log`.
     pub fn start(data_dir: &Path, log: &Path, envs: &[(&str, &str)]) -> Server {
+        Self::start_with(data_dir, log, envs, &[])
+    }
+
+    /// [`Server::start`] with extra `serve` arguments (e.g. `--config FILE`).
+    pub fn start_with(data_dir: &Path, log: &Path, envs: &[(&str, &str)], args: &[&str]) -> Server {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -68,6 +73,7 @@ impl Server {
         let mut cmd = bin();
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file));
         for (k, v) in envs {
