@@ -1,5 +1,9 @@
-//! Group commit on SQLite: one batch of 64 tokenize-shaped jobs (token row +
-//! one audit event each), durable (WAL, synchronous=FULL).
+//! Group commit on SQLite, durable (nothing returns before its WAL fsync):
+//! - `sqlite_commit`: one batch of 1 or 64 tokenize-shaped jobs (token row +
+//!   one audit event each), committed directly.
+//! - `audit_append`: audit-only jobs (one record each, shaped like a failed
+//!   authentication) submitted by 256 concurrent tasks through the
+//!   `GroupCommitter`, as the server does — durable appends per second.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
@@ -85,6 +89,55 @@ fn bench(c: &mut Criterion) {
         });
     }
     g.finish();
+
+    let committer = rt.block_on(async {
+        GroupCommitter::spawn(store.clone(), std::sync::Arc::new(NoSign), 256)
+    });
+    let mut g = c.benchmark_group("audit_append");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(20);
+    g.bench_function("group_commit_256_submitters", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let committer = committer.clone();
+            async move {
+                let start = std::time::Instant::now();
+                let tasks: Vec<_> = (0..256u64)
+                    .map(|t| {
+                        let committer = committer.clone();
+                        tokio::spawn(async move {
+                            let mut i = t;
+                            while i < iters {
+                                committer.submit(auth_failure(i)).await.unwrap().unwrap();
+                                i += 256;
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+                start.elapsed()
+            }
+        })
+    });
+    g.finish();
+}
+
+/// An audit-only job shaped like a refused request.
+fn auth_failure(n: u64) -> Job {
+    let mut ev = AuditEvent::new(
+        1_795_000_000_000 + n as i64,
+        Action::AuthFailure,
+        Outcome::failure("invalid_api_key"),
+        Ident::from_static("anonymous"),
+    );
+    ev.request_id = Ident::new(&format!("req_{n:020}"));
+    ev.client_ip = Some(std::net::IpAddr::from([203, 0, 113, 7]));
+    ev.user_agent = Some(tokengate_audit::SafeText::new("curl/8.5.0"));
+    Job {
+        events: vec![ev],
+        ..Job::default()
+    }
 }
 
 criterion_group!(benches, bench);
