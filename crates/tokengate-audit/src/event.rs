@@ -117,6 +117,10 @@ pub enum Action {
     AcmeOrder,
     /// Someone read or exported the audit log (PCI DSS 10.2.1.3).
     AuditRead,
+    /// Something an operator should look at now (detail says what).
+    Alert,
+    /// A key id or client address locked out after failed authentications.
+    Lockout,
 }
 
 impl Action {
@@ -148,6 +152,8 @@ impl Action {
             Action::AcmeDisable => "acme_disable",
             Action::AcmeOrder => "acme_order",
             Action::AuditRead => "audit_read",
+            Action::Alert => "alert",
+            Action::Lockout => "lockout",
         }
     }
 }

@@ -67,6 +67,14 @@ pub struct Config {
     /// Request fields stored in audit records only as keyed hashes
     /// (`client_ip`, `user_agent`); `tokengate audit hash VALUE` correlates.
     pub audit_hmac_fields: Vec<String>,
+    /// Failed authentications for one API-key id within
+    /// `auth_lockout_window_secs` that lock it (0: never; PCI DSS 8.3.4: ≤ 10).
+    pub auth_lockout_key_threshold: u32,
+    /// The same for one client address (0: never).
+    pub auth_lockout_ip_threshold: u32,
+    pub auth_lockout_window_secs: u64,
+    /// How long a lock lasts (PCI DSS 8.3.4: ≥ 30 minutes).
+    pub auth_lockout_secs: u64,
     /// `[audit]` section: `[[audit.drains]]` (see `drain::DrainConfig`).
     pub audit: AuditSection,
     pub log_format: LogFormat,
@@ -133,6 +141,10 @@ impl Default for Config {
             audit_checkpoint_secs: 10,
             audit_hmac_fields: Vec::new(),
             audit: AuditSection::default(),
+            auth_lockout_key_threshold: 10,
+            auth_lockout_ip_threshold: 100,
+            auth_lockout_window_secs: 900,
+            auth_lockout_secs: 1800,
             log_format: LogFormat::Text,
             tls_cert: None,
             tls_key: None,
@@ -169,6 +181,16 @@ fn cerr(field: &str, message: impl Into<String>) -> ConfigError {
 }
 
 impl Config {
+    /// The lockout policy these settings describe.
+    pub fn lockout(&self) -> tokengate_vault::LockoutPolicy {
+        tokengate_vault::LockoutPolicy {
+            key_threshold: self.auth_lockout_key_threshold,
+            ip_threshold: self.auth_lockout_ip_threshold,
+            window: std::time::Duration::from_secs(self.auth_lockout_window_secs),
+            duration: std::time::Duration::from_secs(self.auth_lockout_secs),
+        }
+    }
+
     pub const DEFAULT_PORT: u16 = 8443;
 
     /// Load from `file` (if any) and `env`, and validate.
@@ -268,6 +290,31 @@ impl Config {
                 _ => return Err(cerr("TOKENGATE_BEHIND_PROXY", "must be `true` or `false`")),
             };
         }
+        for (name, slot) in [
+            (
+                "TOKENGATE_AUTH_LOCKOUT_WINDOW_SECS",
+                &mut cfg.auth_lockout_window_secs,
+            ),
+            ("TOKENGATE_AUTH_LOCKOUT_SECS", &mut cfg.auth_lockout_secs),
+        ] {
+            if let Some(v) = env.get(name) {
+                *slot = parse_num(name, v)?;
+            }
+        }
+        for (name, slot) in [
+            (
+                "TOKENGATE_AUTH_LOCKOUT_KEY_THRESHOLD",
+                &mut cfg.auth_lockout_key_threshold,
+            ),
+            (
+                "TOKENGATE_AUTH_LOCKOUT_IP_THRESHOLD",
+                &mut cfg.auth_lockout_ip_threshold,
+            ),
+        ] {
+            if let Some(v) = env.get(name) {
+                *slot = u32::try_from(parse_num(name, v)?).map_err(|_| cerr(name, "too large"))?;
+            }
+        }
         if let Some(v) = env.get("TOKENGATE_AUDIT_HMAC_FIELDS") {
             cfg.audit_hmac_fields = v
                 .split(',')
@@ -333,6 +380,12 @@ impl Config {
                 "audit_hmac_fields",
                 format!("unknown field {bad:?}; known: client_ip, user_agent"),
             ));
+        }
+        if !(1..=86_400).contains(&self.auth_lockout_window_secs) {
+            return Err(cerr("auth_lockout_window_secs", "must be 1-86400"));
+        }
+        if !(1..=86_400).contains(&self.auth_lockout_secs) {
+            return Err(cerr("auth_lockout_secs", "must be 1-86400"));
         }
         let mut names = std::collections::BTreeSet::new();
         for d in &self.audit.drains {

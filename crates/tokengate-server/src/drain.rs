@@ -393,6 +393,9 @@ async fn run(vault: Arc<Vault>, drain: Drain) {
             Ok(sent) => {
                 if behind_since.take().is_some() {
                     tracing::info!(drain = %name, "audit drain delivering again");
+                    let _ = vault
+                        .record_alert(&format!("kind=drain_recovered drain={name}"))
+                        .await;
                 }
                 backoff = Duration::from_millis(100);
                 if drain.config.on_failure == OnFailure::FailClosed {
@@ -403,6 +406,13 @@ async fn run(vault: Arc<Vault>, drain: Drain) {
                 }
             }
             Err(e) => {
+                if behind_since.is_none() {
+                    // Best effort: with a fail-closed drain down the record
+                    // may itself be refused.
+                    let _ = vault
+                        .record_alert(&format!("kind=drain_down drain={name}"))
+                        .await;
+                }
                 let since = *behind_since.get_or_insert_with(Instant::now);
                 tracing::warn!(drain = %name, error = %tokengate_core::redact_pans(&e), "audit drain cannot deliver; will retry");
                 metrics::counter!("tokengate_audit_drain_failures_total", "drain" => name.clone())

@@ -64,6 +64,7 @@ impl From<VaultError> for ApiError {
             | VaultError::ApiKeyNotFound
             | VaultError::NotFound { .. } => StatusCode::NOT_FOUND,
             VaultError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            VaultError::LockedOut { .. } => StatusCode::TOO_MANY_REQUESTS,
             VaultError::Forbidden { .. } => StatusCode::FORBIDDEN,
             VaultError::AuditUnavailable | VaultError::StoreUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -52,6 +52,7 @@ pub async fn open_vault(config: &Config) -> Result<Arc<Vault>, tokengate_vault::
     let mut vc = VaultConfig::new(&config.data_dir);
     vc.database_url = config.database_url.clone();
     vc.cvc_ttl = config.cvc_ttl();
+    vc.lockout = config.lockout();
     vc.audit_hmac_fields = config
         .audit_hmac_fields
         .iter()

@@ -1029,3 +1029,73 @@ async fn audit_search_checkpoint_and_proofs_over_the_api() {
     }
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failures_lock_the_key_then_the_address_and_raise_alerts() {
+    let h = Harness::start_with(|c| {
+        c.auth_lockout_key_threshold = 3;
+        c.auth_lockout_ip_threshold = 6;
+    })
+    .await;
+    let k = h.key(&["tokenize"]).await;
+    // Same key id, wrong secret, three times: the key id is locked.
+    let id_part = &k[3..19];
+    let wrong = format!("tg_{id_part}_{}", "a".repeat(32));
+    for _ in 0..3 {
+        let (s, v) = h.call("GET", "/v1/tokens/tok_x", Some(&wrong), None).await;
+        assert_eq!(s, 401, "{v}");
+    }
+    // Now even the right secret is refused, with 429 and a code.
+    let (s, v) = h.call("GET", "/v1/tokens/tok_x", Some(&k), None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (429, Some("locked_out")),
+        "{v}"
+    );
+    // Other keys from this address still work until the address threshold.
+    let other = h.key(&["tokenize"]).await;
+    let (s, _) = h.call("GET", "/v1/tokens/tok_x", Some(&other), None).await;
+    assert_eq!(s, 404);
+    let bogus = "tg_bbbbbbbbbbbbbbbb_cccccccccccccccccccccccccccccccc";
+    for _ in 0..3 {
+        let (s, _) = h.call("GET", "/v1/tokens/tok_x", Some(bogus), None).await;
+        assert!(s == 401 || s == 429, "{s}");
+    }
+    let (s, v) = h.call("GET", "/v1/tokens/tok_x", Some(&other), None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (429, Some("locked_out")),
+        "{v}"
+    );
+    // Lockouts and alerts are on record.
+    let recs = h.vault().store().audit_events(0, 10_000).await.unwrap();
+    let details: Vec<Value> = recs
+        .iter()
+        .map(|r| serde_json::from_str::<Value>(&r.event_json).unwrap())
+        .filter(|e| e["action"] == "lockout" || e["action"] == "alert")
+        .collect();
+    let key_id = format!("key={}", &format!("key_{id_part}"));
+    assert!(
+        details
+            .iter()
+            .any(|e| e["action"] == "lockout" && e["detail"].as_str().unwrap().contains(&key_id)),
+        "{details:?}"
+    );
+    assert!(
+        details
+            .iter()
+            .any(|e| e["action"] == "lockout"
+                && e["detail"].as_str().unwrap().contains("ip=127.0.0.1")),
+        "{details:?}"
+    );
+    assert!(
+        details.iter().any(|e| e["action"] == "alert"
+            && e["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("kind=failed_auth_threshold")),
+        "{details:?}"
+    );
+    assert!(recs.iter().any(|r| r.event_json.contains("\"locked_out\"")));
+    h.stop().await;
+}

@@ -90,9 +90,8 @@ fn bench(c: &mut Criterion) {
     }
     g.finish();
 
-    let committer = rt.block_on(async {
-        GroupCommitter::spawn(store.clone(), std::sync::Arc::new(NoSign), 256)
-    });
+    let committer = rt
+        .block_on(async { GroupCommitter::spawn(store.clone(), std::sync::Arc::new(NoSign), 256) });
     let mut g = c.benchmark_group("audit_append");
     g.throughput(Throughput::Elements(1));
     g.sample_size(20);

@@ -202,6 +202,25 @@ impl Vault {
         presented: Option<&str>,
         meta: RequestMeta,
     ) -> Result<Caller, VaultError> {
+        use crate::lockout::Subject;
+        let key_subject = presented.and_then(parse_key).map(Subject::Key);
+        let subjects: Vec<Subject> = key_subject
+            .iter()
+            .cloned()
+            .chain(meta.client_ip.map(Subject::Ip))
+            .collect();
+        let now = std::time::Instant::now();
+        if let Some(retry_after_secs) = self.lockout.locked(&subjects, now) {
+            let ev = event(
+                Action::AuthFailure,
+                Outcome::failure("locked_out"),
+                &Ident::from_static("anonymous"),
+                None,
+                &meta,
+            );
+            self.record(vec![ev]).await?;
+            return Err(VaultError::LockedOut { retry_after_secs });
+        }
         let attempt = async {
             let presented = presented?;
             let id = parse_key(presented)?;
@@ -226,6 +245,9 @@ impl Vault {
             })
         };
         if let Some(caller) = attempt.await {
+            if let Some(k) = &key_subject {
+                self.lockout.succeed(k);
+            }
             return Ok(caller);
         }
         let reason = if presented.is_none() {
@@ -233,14 +255,42 @@ impl Vault {
         } else {
             "invalid_api_key"
         };
-        let ev = event(
+        let mut events = vec![event(
             Action::AuthFailure,
             Outcome::failure(reason),
             &Ident::from_static("anonymous"),
             None,
             &meta,
-        );
-        self.record(vec![ev]).await?;
+        )];
+        // Lockouts and their alerts go in the same commit as the failure
+        // that caused them.
+        for locked in self.lockout.fail(&subjects, now) {
+            let mut lock = event(
+                Action::Lockout,
+                Outcome::Success,
+                &Ident::from_static("system"),
+                None,
+                &meta,
+            );
+            lock.detail = Some(SafeText::new(&format!(
+                "{locked} locked for {} s after repeated failed authentications",
+                self.config.lockout.duration.as_secs()
+            )));
+            let mut alert = event(
+                Action::Alert,
+                Outcome::Success,
+                &Ident::from_static("system"),
+                None,
+                &meta,
+            );
+            alert.detail = Some(SafeText::new(&format!(
+                "kind=failed_auth_threshold {locked}"
+            )));
+            events.push(lock);
+            events.push(alert);
+            tracing::warn!(subject = %locked, "locked out after repeated failed authentications");
+        }
+        self.record(events).await?;
         Err(VaultError::Unauthenticated)
     }
 

@@ -301,6 +301,20 @@ impl Vault {
         }
     }
 
+    /// Record an `alert` event (`detail` starts with `kind=…`); it reaches
+    /// every drain like any record.
+    pub async fn record_alert(&self, detail: &str) -> Result<(), VaultError> {
+        let mut ev = event(
+            Action::Alert,
+            Outcome::Success,
+            &Ident::from_static("system"),
+            None,
+            &RequestMeta::default(),
+        );
+        ev.detail = Some(SafeText::new(detail));
+        self.record(vec![ev]).await
+    }
+
     /// Open or close the audit gate for `reason` (see `GroupCommitter::set_gate`).
     pub fn set_audit_gate(&self, reason: &str, ok: bool) {
         self.committer.set_gate(reason, ok);

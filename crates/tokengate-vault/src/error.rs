@@ -22,6 +22,10 @@ pub enum VaultError {
     ApiKeyNotFound,
     #[error("missing or invalid API key; send `Authorization: Bearer <api key>`")]
     Unauthenticated,
+    #[error(
+        "too many failed authentications from this client or for this key; try again in {retry_after_secs} s"
+    )]
+    LockedOut { retry_after_secs: u64 },
     #[error("this API key lacks the `{required}` role needed for this operation")]
     Forbidden { required: &'static str },
     #[error("the audit trail cannot be written, so the operation was refused")]
@@ -51,6 +55,7 @@ impl VaultError {
             VaultError::NotFound { code, .. } => code,
             VaultError::ApiKeyNotFound => "api_key_not_found",
             VaultError::Unauthenticated => "unauthorized",
+            VaultError::LockedOut { .. } => "locked_out",
             VaultError::Forbidden { .. } => "forbidden",
             VaultError::AuditUnavailable => "audit_unavailable",
             VaultError::StoreUnavailable => "store_unavailable",

@@ -59,6 +59,8 @@ pub struct VaultConfig {
     pub api_key_cache_ttl: Duration,
     /// Request fields stored in audit records only as keyed hashes.
     pub audit_hmac_fields: Vec<AuditHmacField>,
+    /// Lockout after failed authentications.
+    pub lockout: crate::lockout::LockoutPolicy,
 }
 
 /// A request field that can be stored keyed-hashed in audit records.
@@ -122,6 +124,7 @@ impl VaultConfig {
             max_commit_batch: 256,
             api_key_cache_ttl: Duration::from_secs(1),
             audit_hmac_fields: Vec::new(),
+            lockout: crate::lockout::LockoutPolicy::default(),
         }
     }
 }
@@ -147,6 +150,7 @@ pub struct Vault {
     pub(crate) ring: Arc<KeyRing>,
     pub(crate) key_cache: RwLock<HashMap<String, CachedKey>>,
     pub(crate) tenant: String,
+    pub(crate) lockout: crate::lockout::Lockout,
 }
 
 impl std::fmt::Debug for Vault {
@@ -273,12 +277,13 @@ impl Vault {
             hmac_filter(ring.clone(), &config.audit_hmac_fields),
         );
         Ok(Vault {
-            config,
             store,
             committer,
             ring,
             key_cache: RwLock::new(HashMap::new()),
             tenant,
+            lockout: crate::lockout::Lockout::new(config.lockout),
+            config,
         })
     }
 

@@ -306,6 +306,14 @@ async fn verify(
         }
         Err(e) => {
             report_failure(json, e.seq(), &e.to_string());
+            // On record (and so at every drain), best effort: the log itself
+            // may be what is broken.
+            let _ = vault
+                .record_alert(&format!(
+                    "kind=verify_failed first_bad_record={}",
+                    e.seq().unwrap_or(0)
+                ))
+                .await;
             Ok(ExitCode::from(1))
         }
     }

@@ -57,6 +57,10 @@ impl Harness {
         let mut cfg = Config {
             data_dir: data_dir.clone(),
             listen: Some("127.0.0.1:0".parse().unwrap()),
+            // Most tests send many bad keys from one address on purpose;
+            // lockout has its own tests, which turn it on.
+            auth_lockout_key_threshold: 0,
+            auth_lockout_ip_threshold: 0,
             ..Config::default()
         };
         f(&mut cfg);
