@@ -121,6 +121,8 @@ pub enum Action {
     Alert,
     /// A key id or client address locked out after failed authentications.
     Lockout,
+    /// Audit records past retention archived and deleted.
+    AuditPrune,
 }
 
 impl Action {
@@ -154,6 +156,7 @@ impl Action {
             Action::AuditRead => "audit_read",
             Action::Alert => "alert",
             Action::Lockout => "lockout",
+            Action::AuditPrune => "audit_prune",
         }
     }
 }

@@ -41,6 +41,20 @@ impl RootBuilder {
         RootBuilder::default()
     }
 
+    /// Continue a tree of `size` leaves whose records are gone (pruned) from
+    /// the roots of its perfect subtrees, largest first — the stored hashes
+    /// at `sub_tree_index(0, size)`. None if the count does not fit `size`.
+    pub fn resume(size: u64, roots: &[Hash]) -> Option<RootBuilder> {
+        let heights: Vec<u32> = (0..64u32).rev().filter(|b| size >> b & 1 == 1).collect();
+        if heights.len() != roots.len() {
+            return None;
+        }
+        Some(RootBuilder {
+            stack: heights.into_iter().zip(roots.iter().copied()).collect(),
+            size,
+        })
+    }
+
     /// Number of leaves pushed.
     pub fn size(&self) -> u64 {
         self.size
@@ -210,6 +224,18 @@ mod tests {
         }
         let stored: Vec<Hash> = mem.0.values().copied().collect();
         assert_eq!(recomputed, stored);
+        // Resuming from the subtree roots at any size gives the same roots.
+        for cut in [1u64, 5, 8, 37, 64, 69] {
+            let roots = Reader(&mem)
+                .read_hashes(&sub_tree_index(0, cut, vec![]))
+                .unwrap();
+            let mut r = RootBuilder::resume(cut, &roots).unwrap();
+            for leaf in &all[cut as usize..] {
+                r.push(*leaf);
+            }
+            assert_eq!(r.root(), b.root(), "resumed at {cut}");
+        }
+        assert!(RootBuilder::resume(5, &[]).is_none());
     }
 
     #[test]

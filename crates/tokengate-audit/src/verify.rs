@@ -98,6 +98,16 @@ impl Default for Verifier {
 }
 
 impl Verifier {
+    /// Start after records that were pruned: the next record must be
+    /// `next_seq` and link to `prev_hash`.
+    pub fn resume(next_seq: u64, prev_hash: ChainHash) -> Verifier {
+        Verifier {
+            expected: next_seq,
+            prev: prev_hash,
+            count: 0,
+        }
+    }
+
     pub fn push(&mut self, rec: &StoredEvent) -> Result<(), VerifyError> {
         if rec.seq != self.expected {
             return Err(VerifyError::Sequence {

@@ -75,6 +75,9 @@ pub struct Config {
     pub auth_lockout_window_secs: u64,
     /// How long a lock lasts (PCI DSS 8.3.4: ≥ 30 minutes).
     pub auth_lockout_secs: u64,
+    /// Audit records are kept at least this many days, then archived and
+    /// pruned (PCI DSS 10.5.1: 12 months).
+    pub audit_retention_days: u64,
     /// `[audit]` section: `[[audit.drains]]` (see `drain::DrainConfig`).
     pub audit: AuditSection,
     pub log_format: LogFormat,
@@ -141,6 +144,7 @@ impl Default for Config {
             audit_checkpoint_secs: 10,
             audit_hmac_fields: Vec::new(),
             audit: AuditSection::default(),
+            audit_retention_days: 400,
             auth_lockout_key_threshold: 10,
             auth_lockout_ip_threshold: 100,
             auth_lockout_window_secs: 900,
@@ -290,6 +294,9 @@ impl Config {
                 _ => return Err(cerr("TOKENGATE_BEHIND_PROXY", "must be `true` or `false`")),
             };
         }
+        if let Some(v) = env.get("TOKENGATE_AUDIT_RETENTION_DAYS") {
+            cfg.audit_retention_days = parse_num("TOKENGATE_AUDIT_RETENTION_DAYS", v)?;
+        }
         for (name, slot) in [
             (
                 "TOKENGATE_AUTH_LOCKOUT_WINDOW_SECS",
@@ -380,6 +387,9 @@ impl Config {
                 "audit_hmac_fields",
                 format!("unknown field {bad:?}; known: client_ip, user_agent"),
             ));
+        }
+        if !(1..=36_500).contains(&self.audit_retention_days) {
+            return Err(cerr("audit_retention_days", "must be 1-36500"));
         }
         if !(1..=86_400).contains(&self.auth_lockout_window_secs) {
             return Err(cerr("auth_lockout_window_secs", "must be 1-86400"));

@@ -139,6 +139,37 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| StartError::Drain(format!("audit drain: {e}")))?;
     let drain_tasks = crate::drain::spawn_all(vault.clone(), drains);
+    let retention = {
+        let vault = vault.clone();
+        let days = config.audit_retention_days;
+        let archive = config.data_dir.join("archive");
+        tokio::spawn(async move {
+            // Once an hour (the first a minute after start).
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                let cutoff = tokengate_vault::clock::now_ms().saturating_sub(
+                    i64::try_from(days)
+                        .unwrap_or(i64::MAX)
+                        .saturating_mul(86_400_000),
+                );
+                match vault.prune_audit(cutoff, &archive).await {
+                    Ok(r) if r.pruned > 0 => {
+                        tracing::info!(
+                            pruned = r.pruned,
+                            upto = r.upto_seq,
+                            "audit records archived and pruned"
+                        )
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(code = e.code(), error = %e, "audit retention failed; will retry")
+                    }
+                }
+            }
+        })
+    };
     let reloader = tokio::spawn(tls::reload_loop(
         vault.clone(),
         resolver.clone(),
@@ -169,6 +200,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         sweeper.abort();
         checkpointer.abort();
         drain_tasks.iter().for_each(tokio::task::JoinHandle::abort);
+        retention.abort();
         reloader.abort();
         expiry.abort();
         if let Some(acme) = acme {

@@ -116,6 +116,12 @@ pub enum Op {
         name: String,
         seq: u64,
     },
+    /// Deletes audit records `seq <= upto_seq` (already archived) and records
+    /// where the log now starts. Output: records deleted.
+    PruneAudit {
+        upto_seq: u64,
+        last_hash: [u8; 32],
+    },
 }
 
 /// A signed checkpoint of the audit log.

@@ -101,5 +101,12 @@ pub fn migrations(backend: Backend) -> Vec<(i64, Vec<String>)> {
     let v5 = vec![format!(
         "CREATE TABLE IF NOT EXISTS audit_drains (name TEXT PRIMARY KEY, delivered_seq {int} NOT NULL)"
     )];
-    vec![(1, v1), (2, v2), (3, v3), (4, v4), (5, v5)]
+    // Version 6: where the audit log was pruned (retention): records up to
+    // `upto_seq` were archived and deleted; `last_hash` is the chain hash of
+    // record `upto_seq`, which the first kept record links to.
+    let v6 = vec![format!(
+        "CREATE TABLE IF NOT EXISTS audit_pruned (id {int} PRIMARY KEY, upto_seq {int} NOT NULL, \
+         last_hash {blob} NOT NULL)"
+    )];
+    vec![(1, v1), (2, v2), (3, v3), (4, v4), (5, v5), (6, v6)]
 }

@@ -550,6 +550,42 @@ impl Store {
             .collect()
     }
 
+    /// Where the audit log was pruned: `(upto_seq, chain hash of that record)`.
+    pub async fn audit_pruned(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        let row = sqlx::query("SELECT upto_seq, last_hash FROM audit_pruned WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok((
+                u64::try_from(r.try_get::<i64, _>(0)?)
+                    .map_err(|_| StoreError::Corrupt("pruned seq".into()))?,
+                hash32(r.try_get(1)?)?,
+            ))
+        })
+        .transpose()
+    }
+
+    /// The smallest drain cursor (records after it are not yet everywhere).
+    pub async fn min_drain_cursor(&self) -> Result<Option<u64>, StoreError> {
+        let row = sqlx::query("SELECT MIN(delivered_seq) FROM audit_drains")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row
+            .try_get::<Option<i64>, _>(0)?
+            .map(|v| u64::try_from(v).unwrap_or(0)))
+    }
+
+    /// The last audit record with `ts_ms < before_ms` (its seq), if any.
+    pub async fn last_audit_seq_before(&self, before_ms: i64) -> Result<Option<u64>, StoreError> {
+        let row = sqlx::query("SELECT MAX(seq) FROM audit_events WHERE ts_ms < $1")
+            .bind(before_ms)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row
+            .try_get::<Option<i64>, _>(0)?
+            .map(|v| u64::try_from(v).unwrap_or(0)))
+    }
+
     /// The last sequence number drain `name` delivered (0: none yet).
     pub async fn drain_cursor(&self, name: &str) -> Result<u64, StoreError> {
         let row = sqlx::query("SELECT delivered_seq FROM audit_drains WHERE name = $1")
@@ -1085,6 +1121,22 @@ async fn apply_ops(
                 OpOutput::Affected(r.rows_affected())
             }
             Op::Tls(op) => crate::tls::apply_any(conn, op).await?,
+            Op::PruneAudit {
+                upto_seq,
+                last_hash,
+            } => {
+                let upto = i64::try_from(*upto_seq).unwrap_or(i64::MAX);
+                sqlx::query("INSERT INTO audit_pruned (id, upto_seq, last_hash) VALUES (1, $1, $2) ON CONFLICT (id) DO UPDATE SET upto_seq = excluded.upto_seq, last_hash = excluded.last_hash")
+                    .bind(upto)
+                    .bind(last_hash.to_vec())
+                    .execute(&mut *conn)
+                    .await?;
+                let r = sqlx::query("DELETE FROM audit_events WHERE seq <= $1")
+                    .bind(upto)
+                    .execute(&mut *conn)
+                    .await?;
+                OpOutput::Affected(r.rows_affected())
+            }
             Op::SetDrainCursor { name, seq } => {
                 let r = sqlx::query(
                     "INSERT INTO audit_drains (name, delivered_seq) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET delivered_seq = excluded.delivered_seq WHERE excluded.delivered_seq > audit_drains.delivered_seq",

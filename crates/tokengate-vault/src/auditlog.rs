@@ -18,7 +18,8 @@ use std::collections::HashMap;
 
 use tokengate_audit::checkpoint::{self, CheckpointError, SignedCheckpoint};
 use tokengate_audit::merkle::{
-    self, Hash, Reader, RootBuilder, StoredTree, TreeError, leaf_hash, stored_hash_index,
+    self, Hash, HashReader, Reader, RootBuilder, StoredTree, TreeError, leaf_hash,
+    stored_hash_index,
 };
 use tokengate_audit::{Action, Ident, Outcome, SafeText, StoredEvent};
 use tokengate_audit::{Verifier, VerifyError, VerifyReport};
@@ -519,18 +520,68 @@ pub async fn verify_store(
     public_key: &[u8],
     pinned: Option<&SignedCheckpoint>,
 ) -> Result<Result<VerifyReport, VerifyError>, VaultError> {
-    let mut chain = Verifier::default();
-    let mut tree = RootBuilder::new();
-    // Stored checkpoints, fetched page by page in size order.
-    let mut pending: std::collections::VecDeque<CheckpointRow> = Default::default();
+    // After retention pruning the chain resumes at the first kept record and
+    // the tree from the stored roots of the pruned prefix; checkpoints and a
+    // pinned checkpoint inside the prefix are checked against the stored tree.
+    let pruned = store.audit_pruned().await?;
+    let upto = pruned.map_or(0, |(s, _)| s);
+    let mut chain = match pruned {
+        Some((s, h)) => Verifier::resume(s + 1, h),
+        None => Verifier::default(),
+    };
+    let mut tree = if upto == 0 {
+        RootBuilder::new()
+    } else {
+        let roots = with_tree(store, |t| {
+            Reader(t).read_hashes(&merkle::sub_tree_index(0, upto, vec![]))
+        })
+        .await
+        .ok();
+        match roots.and_then(|r| RootBuilder::resume(upto, &r)) {
+            Some(b) => b,
+            None => return Ok(Err(VerifyError::StoredTreeMismatch { size: upto })),
+        }
+    };
+    let stored_root = |size: u64| async move {
+        with_tree(store, |t| merkle::tree_hash(size, &Reader(t)))
+            .await
+            .ok()
+            .map(|h| h.0)
+    };
+    if let Some(p) = pinned
+        && p.size <= upto
+        && stored_root(p.size).await != Some(p.root)
+    {
+        return Ok(Err(VerifyError::PinnedCheckpointMismatch { size: p.size }));
+    }
     let mut cp_after = 0u64;
+    loop {
+        let page = store.checkpoints(cp_after, 1000).await?;
+        let inside: Vec<&CheckpointRow> = page.iter().filter(|c| c.tree_size <= upto).collect();
+        for c in &inside {
+            let sig_ok = checkpoint::open(&c.note, public_key)
+                .is_ok_and(|o| o.size == c.tree_size && o.root == c.root);
+            if !sig_ok {
+                return Ok(Err(VerifyError::CheckpointSignature { size: c.tree_size }));
+            }
+            if stored_root(c.tree_size).await != Some(c.root) {
+                return Ok(Err(VerifyError::CheckpointMismatch { size: c.tree_size }));
+            }
+            cp_after = c.tree_size;
+        }
+        if inside.len() < page.len() || page.is_empty() {
+            break;
+        }
+    }
+    // Stored checkpoints after the prefix, fetched page by page in size order.
+    let mut pending: std::collections::VecDeque<CheckpointRow> = Default::default();
     let mut cp_done = false;
     // The stored tree is recomputed from the records up to the latest
     // checkpoint and compared hash by hash, page by page: proofs come from it.
     let tree_covers = store.latest_checkpoint().await?.map_or(0, |c| c.tree_size);
     let mut recomputed: Vec<Hash> = Vec::new();
-    let mut compared = 0u64; // stored hashes compared so far
-    let mut after = 0;
+    let mut compared = merkle::stored_hash_count(upto); // next stored hash to compare
+    let mut after = upto;
     let check = |tree: &RootBuilder, c: &CheckpointRow| -> Result<(), VerifyError> {
         let opened = checkpoint::open(&c.note, public_key)
             .map_err(|_| VerifyError::CheckpointSignature { size: c.tree_size })?;
@@ -584,7 +635,7 @@ pub async fn verify_store(
     }
     let last_seq = tree.size();
     if let Some(p) = pinned
-        && p.size > last_seq
+        && p.size > last_seq.max(upto)
     {
         return Ok(Err(VerifyError::PinnedCheckpointBeyondLog {
             size: p.size,

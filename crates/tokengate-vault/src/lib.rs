@@ -20,6 +20,7 @@ pub mod error;
 pub mod init;
 pub mod lockout;
 mod open;
+pub mod retention;
 pub mod sweeper;
 
 pub use access::{ApiKeyInfo, Caller, NewApiKey, RequestMeta, Role};

@@ -59,6 +59,19 @@ pub enum AuditCmd {
         #[arg(long, default_value = "jsonl", value_parser = ["jsonl"])]
         format: String,
     },
+    /// Archive (gzip JSON Lines + checkpoint) and delete records older than
+    /// the retention period that a checkpoint covers and every drain has
+    /// delivered. The server does this hourly on its own.
+    Prune {
+        #[arg(long, default_value = "./tokengate-data", env = "TOKENGATE_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Keep this many days (default: `audit_retention_days`, 400).
+        #[arg(long)]
+        older_than_days: Option<u64>,
+        /// Where archives go (default: DATA_DIR/archive).
+        #[arg(long)]
+        archive_dir: Option<PathBuf>,
+    },
     /// Print the keyed hash that an HMAC'd audit field (`audit_hmac_fields`)
     /// holds for VALUE, to find its records in a search or export.
     Hash {
@@ -167,6 +180,28 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", cp.note);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCmd::Prune {
+            data_dir,
+            older_than_days,
+            archive_dir,
+        } => {
+            let days = older_than_days.unwrap_or_else(|| {
+                Config::load(None, &ProcessEnv).map_or(400, |c| c.audit_retention_days)
+            });
+            if days == 0 {
+                return Ok(usage_error("--older-than-days must be at least 1"));
+            }
+            let vault = open(&data_dir).await?;
+            let cutoff = tokengate_vault::clock::now_ms().saturating_sub(
+                i64::try_from(days)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(86_400_000),
+            );
+            let archive = archive_dir.unwrap_or_else(|| data_dir.join("archive"));
+            let report = vault.prune_audit(cutoff, &archive).await?;
+            println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)
         }
         AuditCmd::Hash { data_dir, value } => {

@@ -547,3 +547,32 @@ fn hmac_audit_fields_hide_the_value_and_audit_hash_finds_it() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn audit_prune_keeps_recent_records_and_checks_its_input() {
+    let dir = populated();
+    let out = bin()
+        .args(["audit", "prune", "--older-than-days", "1", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["pruned"].as_u64(), v["upto_seq"].as_u64()),
+        (Some(0), Some(0)),
+        "{v}"
+    );
+    let out = bin()
+        .args(["audit", "prune", "--older-than-days", "0", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let (code, v) = verify(&dir);
+    assert_eq!(code, 0, "{v}");
+}
