@@ -78,6 +78,15 @@ pub struct Config {
     /// Audit records are kept at least this many days, then archived and
     /// pruned (PCI DSS 10.5.1: 12 months).
     pub audit_retention_days: u64,
+    /// Where alert records (failed-auth lockouts, reveal-rate spikes, drain
+    /// down, verify failures) are POSTed as they happen (https only; an HTTPS
+    /// drain limited to `alert` records, with its own cursor).
+    pub alert_webhook_url: Option<String>,
+    /// CA (PEM) for `alert_webhook_url`; the system roots when absent.
+    pub alert_webhook_ca_file: Option<PathBuf>,
+    /// Reveals by one API key within a minute that raise a `reveal_rate`
+    /// alert (0: never).
+    pub reveal_alert_per_minute: u32,
     /// `[audit]` section: `[[audit.drains]]` (see `drain::DrainConfig`).
     pub audit: AuditSection,
     pub log_format: LogFormat,
@@ -145,6 +154,9 @@ impl Default for Config {
             audit_hmac_fields: Vec::new(),
             audit: AuditSection::default(),
             audit_retention_days: 400,
+            alert_webhook_url: None,
+            alert_webhook_ca_file: None,
+            reveal_alert_per_minute: 600,
             auth_lockout_key_threshold: 10,
             auth_lockout_ip_threshold: 100,
             auth_lockout_window_secs: 900,
@@ -185,6 +197,23 @@ fn cerr(field: &str, message: impl Into<String>) -> ConfigError {
 }
 
 impl Config {
+    /// `alert_webhook_url` as a drain of `alert` records.
+    pub fn alert_drain(&self) -> Option<crate::drain::DrainConfig> {
+        self.alert_webhook_url
+            .as_ref()
+            .map(|url| crate::drain::DrainConfig {
+                name: "alert-webhook".into(),
+                url: url.clone(),
+                ca_file: self.alert_webhook_ca_file.clone(),
+                client_cert: None,
+                client_key: None,
+                on_failure: crate::drain::OnFailure::Buffer,
+                batch: 100,
+                max_lag_secs: 30,
+                actions: vec!["alert".into()],
+            })
+    }
+
     /// The lockout policy these settings describe.
     pub fn lockout(&self) -> tokengate_vault::LockoutPolicy {
         tokengate_vault::LockoutPolicy {
@@ -294,6 +323,17 @@ impl Config {
                 _ => return Err(cerr("TOKENGATE_BEHIND_PROXY", "must be `true` or `false`")),
             };
         }
+        if let Some(v) = env.get("TOKENGATE_ALERT_WEBHOOK_URL") {
+            cfg.alert_webhook_url = Some(v);
+        }
+        if let Some(v) = env.get("TOKENGATE_ALERT_WEBHOOK_CA_FILE") {
+            cfg.alert_webhook_ca_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env.get("TOKENGATE_REVEAL_ALERT_PER_MINUTE") {
+            cfg.reveal_alert_per_minute =
+                u32::try_from(parse_num("TOKENGATE_REVEAL_ALERT_PER_MINUTE", v)?)
+                    .map_err(|_| cerr("TOKENGATE_REVEAL_ALERT_PER_MINUTE", "too large"))?;
+        }
         if let Some(v) = env.get("TOKENGATE_AUDIT_RETENTION_DAYS") {
             cfg.audit_retention_days = parse_num("TOKENGATE_AUDIT_RETENTION_DAYS", v)?;
         }
@@ -396,6 +436,14 @@ impl Config {
         }
         if !(1..=86_400).contains(&self.auth_lockout_secs) {
             return Err(cerr("auth_lockout_secs", "must be 1-86400"));
+        }
+        if let Some(u) = &self.alert_webhook_url
+            && !u.starts_with("https://")
+        {
+            return Err(cerr("alert_webhook_url", "must be an https:// URL"));
+        }
+        if let Some(d) = self.alert_drain() {
+            crate::drain::Drain::new(d).map_err(|m| cerr("alert_webhook_url", m))?;
         }
         let mut names = std::collections::BTreeSet::new();
         for d in &self.audit.drains {

@@ -69,6 +69,10 @@ pub struct DrainConfig {
     /// delivery while records wait) before operations are refused.
     #[serde(default = "default_max_lag")]
     pub max_lag_secs: u64,
+    /// Deliver only records with these actions (e.g. `["alert", "lockout"]`);
+    /// all records and checkpoints when empty.
+    #[serde(default)]
+    pub actions: Vec<String>,
 }
 
 fn default_batch() -> usize {
@@ -371,15 +375,34 @@ async fn run(vault: Arc<Vault>, drain: Drain) {
             let Some(last) = records.last().map(|r| r.seq) else {
                 return Ok::<bool, String>(false);
             };
-            let checkpoints: Vec<(u64, String)> = vault
-                .store()
-                .checkpoints(cursor, 100)
-                .await
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .filter(|c| c.tree_size <= last)
-                .map(|c| (c.tree_size, c.note))
-                .collect();
+            let records: Vec<StoredEvent> = if drain.config.actions.is_empty() {
+                records
+            } else {
+                records
+                    .into_iter()
+                    .filter(|r| {
+                        serde_json::from_str::<serde_json::Value>(&r.event_json)
+                            .ok()
+                            .and_then(|e| {
+                                e.get("action").and_then(|a| a.as_str()).map(str::to_owned)
+                            })
+                            .is_some_and(|a| drain.config.actions.contains(&a))
+                    })
+                    .collect()
+            };
+            let checkpoints: Vec<(u64, String)> = if !drain.config.actions.is_empty() {
+                Vec::new()
+            } else {
+                vault
+                    .store()
+                    .checkpoints(cursor, 100)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .filter(|c| c.tree_size <= last)
+                    .map(|c| (c.tree_size, c.note))
+                    .collect()
+            };
             deliver(&drain, &records, &checkpoints).await?;
             vault
                 .set_drain_cursor(&name, last)

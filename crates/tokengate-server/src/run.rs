@@ -53,6 +53,7 @@ pub async fn open_vault(config: &Config) -> Result<Arc<Vault>, tokengate_vault::
     vc.database_url = config.database_url.clone();
     vc.cvc_ttl = config.cvc_ttl();
     vc.lockout = config.lockout();
+    vc.reveal_alert_per_minute = config.reveal_alert_per_minute;
     vc.audit_hmac_fields = config
         .audit_hmac_fields
         .iter()
@@ -135,7 +136,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .audit
         .drains
         .iter()
-        .map(|d| crate::drain::Drain::new(d.clone()))
+        .cloned()
+        .chain(config.alert_drain())
+        .map(crate::drain::Drain::new)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| StartError::Drain(format!("audit drain: {e}")))?;
     let drain_tasks = crate::drain::spawn_all(vault.clone(), drains);

@@ -1099,3 +1099,32 @@ async fn repeated_failures_lock_the_key_then_the_address_and_raise_alerts() {
     assert!(recs.iter().any(|r| r.event_json.contains("\"locked_out\"")));
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reveal_rate_spike_raises_one_alert() {
+    let h = Harness::start_with(|c| c.reveal_alert_per_minute = 3).await;
+    let k = h.key(&["tokenize", "reveal"]).await;
+    let (_, t) = h.tokenize(&k, card("4242424242424242")).await;
+    let token = t["token"].as_str().unwrap().to_owned();
+    for _ in 0..5 {
+        let (s, _) = h
+            .call(
+                "POST",
+                &format!("/v1/tokens/{token}/reveal"),
+                Some(&k),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200);
+    }
+    let recs = h.vault().store().audit_events(0, 10_000).await.unwrap();
+    let alerts: Vec<&str> = recs
+        .iter()
+        .filter(|r| r.event_json.contains("kind=reveal_rate"))
+        .map(|r| r.event_json.as_str())
+        .collect();
+    // Exactly one: even if the minute rolls over mid-test, five reveals
+    // cross a limit of three in only one of the two minutes.
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    h.stop().await;
+}

@@ -563,6 +563,7 @@ impl Vault {
             }
             _ => None,
         };
+        self.note_reveal(caller).await;
         let mut info = TokenInfo::from(&row);
         info.has_cvc = false;
         Ok(RevealedCard {
@@ -571,6 +572,38 @@ impl Vault {
             name: payload.name.clone().map(Zeroizing::new),
             cvc,
         })
+    }
+
+    /// Count a reveal; the reveal that crosses `reveal_alert_per_minute` for
+    /// its key in the current minute raises one `reveal_rate` alert.
+    async fn note_reveal(&self, caller: &Caller) {
+        let limit = self.config.reveal_alert_per_minute;
+        if limit == 0 {
+            return;
+        }
+        let minute = crate::clock::now_ms() / 60_000;
+        let crossed = {
+            let mut g = self
+                .reveal_rate
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if g.0 != minute {
+                *g = (minute, std::collections::HashMap::new());
+            }
+            let n = g.1.entry(caller.key_id.as_str().to_owned()).or_insert(0);
+            *n += 1;
+            *n == limit
+        };
+        if crossed {
+            tracing::warn!(key = %caller.key_id.as_str(), limit, "reveal rate alert");
+            // Best effort: the reveal itself is already on record.
+            let _ = self
+                .record_alert(&format!(
+                    "kind=reveal_rate key={} reveals_this_minute>={limit}",
+                    caller.key_id.as_str()
+                ))
+                .await;
+        }
     }
 
     /// Delete a token: the record and its wrapped DEK are removed.

@@ -61,6 +61,8 @@ pub struct VaultConfig {
     pub audit_hmac_fields: Vec<AuditHmacField>,
     /// Lockout after failed authentications.
     pub lockout: crate::lockout::LockoutPolicy,
+    /// Reveals by one key within a minute that raise an alert (0: never).
+    pub reveal_alert_per_minute: u32,
 }
 
 /// A request field that can be stored keyed-hashed in audit records.
@@ -125,6 +127,7 @@ impl VaultConfig {
             api_key_cache_ttl: Duration::from_secs(1),
             audit_hmac_fields: Vec::new(),
             lockout: crate::lockout::LockoutPolicy::default(),
+            reveal_alert_per_minute: 600,
         }
     }
 }
@@ -151,6 +154,8 @@ pub struct Vault {
     pub(crate) key_cache: RwLock<HashMap<String, CachedKey>>,
     pub(crate) tenant: String,
     pub(crate) lockout: crate::lockout::Lockout,
+    /// Per key: (minute, reveals in it). Cleared each minute.
+    pub(crate) reveal_rate: std::sync::Mutex<(i64, HashMap<String, u32>)>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -283,6 +288,7 @@ impl Vault {
             key_cache: RwLock::new(HashMap::new()),
             tenant,
             lockout: crate::lockout::Lockout::new(config.lockout),
+            reveal_rate: std::sync::Mutex::new((0, HashMap::new())),
             config,
         })
     }

@@ -58,6 +58,8 @@ struct Seen {
     arrivals: Vec<u64>,
     checkpoints: Vec<u64>,
     bad: Vec<String>,
+    /// `(action, detail)` of each record received over HTTPS.
+    events: Vec<(String, String)>,
 }
 
 /// Strict RFC 5425 reader: `MSG-LEN SP SYSLOG-MSG`, MSG-LEN a non-zero
@@ -241,6 +243,12 @@ fn spawn_https(
                         }
                         for r in body["records"].as_array().unwrap() {
                             let seq = r["seq"].as_u64().unwrap();
+                            let ev: Value =
+                                serde_json::from_str(r["event_json"].as_str().unwrap()).unwrap();
+                            seen.events.push((
+                                ev["action"].as_str().unwrap_or("").to_owned(),
+                                ev["detail"].as_str().unwrap_or("").to_owned(),
+                            ));
                             let order = seen.arrivals.len();
                             seen.arrivals.push(seq);
                             seen.records.entry(seq).or_insert(order);
@@ -489,4 +497,67 @@ fn a_fail_closed_drain_that_is_down_stops_card_operations() {
     };
     assert_eq!(status(&key).status(), 201);
     server.terminate();
+}
+
+#[test]
+fn alerts_reach_the_alert_webhook_and_nothing_else_does() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let base = test_dir("drain-alerts-");
+    let (tls, ca) = receiver_pki(&base);
+    let addr = free_addr(&rt);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let _rx = spawn_https(&rt, bind(&rt, addr), tls, seen.clone());
+    let dir = base.join("data");
+    let _admin = init(&dir);
+    let url = format!("https://localhost:{}/alerts", addr.port());
+    let mut server = Server::start(
+        &dir,
+        &base.join("server.log"),
+        &[
+            ("TOKENGATE_ALERT_WEBHOOK_URL", url.as_str()),
+            ("TOKENGATE_ALERT_WEBHOOK_CA_FILE", ca.to_str().unwrap()),
+            ("TOKENGATE_AUTH_LOCKOUT_KEY_THRESHOLD", "2"),
+        ],
+    );
+    rt.block_on(async {
+        let c = client();
+        for _ in 0..2 {
+            let r = c
+                .get(format!("{}/v1/tokens/tok_x", server.base))
+                .bearer_auth("tg_dddddddddddddddd_eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 401);
+        }
+    });
+    let start = Instant::now();
+    loop {
+        {
+            let s = seen.lock().unwrap();
+            if s.events
+                .iter()
+                .any(|(a, d)| a == "alert" && d.starts_with("kind=failed_auth_threshold"))
+            {
+                assert!(s.events.iter().all(|(a, _)| a == "alert"), "{:?}", s.events);
+                assert!(s.bad.is_empty(), "{:?}", s.bad);
+                break;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no alert arrived"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.terminate();
+
+    // Only https is accepted for the webhook.
+    let out = bin()
+        .args(["serve", "--data-dir"])
+        .arg(&dir)
+        .env("TOKENGATE_ALERT_WEBHOOK_URL", "http://localhost:1/alerts")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
 }
