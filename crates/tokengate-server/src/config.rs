@@ -64,6 +64,8 @@ pub struct Config {
     /// Seconds between signed audit checkpoints (made only when new records
     /// were written).
     pub audit_checkpoint_secs: u64,
+    /// Also sign a checkpoint as soon as this many records wait (0: by time only).
+    pub audit_checkpoint_records: u64,
     /// Request fields stored in audit records only as keyed hashes
     /// (`client_ip`, `user_agent`); `tokengate audit hash VALUE` correlates.
     pub audit_hmac_fields: Vec<String>,
@@ -151,6 +153,7 @@ impl Default for Config {
             cvc_ttl_secs: 3600,
             cvc_sweep_secs: 10,
             audit_checkpoint_secs: 10,
+            audit_checkpoint_records: 10_000,
             audit_hmac_fields: Vec::new(),
             audit: AuditSection::default(),
             audit_retention_days: 400,
@@ -270,6 +273,9 @@ impl Config {
         }
         if let Some(v) = env.get("TOKENGATE_CVC_SWEEP_SECS") {
             cfg.cvc_sweep_secs = parse_num("TOKENGATE_CVC_SWEEP_SECS", v)?;
+        }
+        if let Some(v) = env.get("TOKENGATE_AUDIT_CHECKPOINT_RECORDS") {
+            cfg.audit_checkpoint_records = parse_num("TOKENGATE_AUDIT_CHECKPOINT_RECORDS", v)?;
         }
         if let Some(v) = env.get("TOKENGATE_AUDIT_CHECKPOINT_SECS") {
             cfg.audit_checkpoint_secs = parse_num("TOKENGATE_AUDIT_CHECKPOINT_SECS", v)?;

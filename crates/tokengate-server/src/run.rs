@@ -131,7 +131,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let mut config = config.clone();
     config.listen = Some(addr);
     let sweeper = vault.spawn_cvc_sweeper(Duration::from_secs(config.cvc_sweep_secs));
-    let checkpointer = vault.spawn_checkpointer(Duration::from_secs(config.audit_checkpoint_secs));
+    let checkpointer = vault.spawn_checkpointer(
+        Duration::from_secs(config.audit_checkpoint_secs),
+        config.audit_checkpoint_records,
+    );
     let drains = config
         .audit
         .drains

@@ -187,13 +187,42 @@ impl Vault {
     pub fn spawn_checkpointer(
         self: &std::sync::Arc<Self>,
         every: std::time::Duration,
+        every_records: u64,
     ) -> tokio::task::JoinHandle<()> {
         let vault = std::sync::Arc::clone(self);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
+            // Checked every second (or `every`, if shorter): a checkpoint is
+            // due once `every` has passed or `every_records` new records wait.
+            let poll = every.min(std::time::Duration::from_secs(1));
+            let mut tick = tokio::time::interval(poll);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last = tokio::time::Instant::now();
+            let mut first = true;
             loop {
                 tick.tick().await;
+                let due_by_time = first || last.elapsed() >= every;
+                let due_by_count = every_records > 0 && {
+                    let covered = vault
+                        .store
+                        .latest_checkpoint()
+                        .await
+                        .ok()
+                        .flatten()
+                        .map_or(0, |c| c.tree_size);
+                    let head = vault
+                        .store
+                        .audit_head()
+                        .await
+                        .ok()
+                        .flatten()
+                        .map_or(0, |h| h.seq);
+                    head.saturating_sub(covered) >= every_records
+                };
+                if !(due_by_time || due_by_count) {
+                    continue;
+                }
+                first = false;
+                last = tokio::time::Instant::now();
                 match vault.checkpoint().await {
                     Ok(_) | Err(VaultError::Invalid { .. }) => {}
                     Err(e) => {

@@ -576,3 +576,54 @@ fn audit_prune_keeps_recent_records_and_checks_its_input() {
     let (code, v) = verify(&dir);
     assert_eq!(code, 0, "{v}");
 }
+
+#[test]
+fn a_checkpoint_is_signed_once_enough_records_wait() {
+    let base = test_dir("cli-ckpt-count-");
+    let dir = base.join("data");
+    let admin = init(&dir);
+    let mut server = Server::start(
+        &dir,
+        &base.join("server.log"),
+        &[
+            ("TOKENGATE_AUDIT_CHECKPOINT_SECS", "3600"),
+            ("TOKENGATE_AUDIT_CHECKPOINT_RECORDS", "5"),
+        ],
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let latest = |rt: &tokio::runtime::Runtime, admin: &str, base: &str| -> u64 {
+        rt.block_on(async {
+            let c = client();
+            let k = new_key(&c, base, admin, &["auditor"]).await;
+            let v: Value = c
+                .get(format!("{base}/v1/audit/checkpoint"))
+                .bearer_auth(&k)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["tree_size"].as_u64().unwrap_or(0)
+        })
+    };
+    // The start-up checkpoint, then eight more records (key creations).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let start = latest(&rt, &admin, &server.base);
+    for _ in 0..7 {
+        latest(&rt, &admin, &server.base);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let now = latest(&rt, &admin, &server.base);
+        if now >= start + 5 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no count-triggered checkpoint ({start} -> {now})"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    server.terminate();
+}

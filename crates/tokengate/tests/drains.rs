@@ -561,3 +561,100 @@ fn alerts_reach_the_alert_webhook_and_nothing_else_does() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
 }
+
+#[test]
+fn syslog_drain_presents_its_client_certificate_when_the_receiver_requires_one() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let base = test_dir("drain-mtls-");
+    // One CA signs the receiver's certificate and tokengate's client certificate.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server_cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let client_cert = rcgen::CertificateParams::new(vec!["tokengate-drain".to_owned()])
+        .unwrap()
+        .signed_by(&client_key, &issuer)
+        .unwrap();
+    let ca_file = base.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    std::fs::write(base.join("client.pem"), client_cert.pem()).unwrap();
+    std::fs::write(base.join("client.key"), client_key.serialize_pem()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let tls = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                vec![server_cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+            )
+            .unwrap(),
+    );
+    let addr = free_addr(&rt);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let _rx = spawn_syslog(&rt, bind(&rt, addr), tls, seen.clone());
+    let drain = format!(
+        "[[audit.drains]]\nname = \"siem\"\nurl = \"syslog+tls://localhost:{}\"\nca_file = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
+        addr.port(),
+        ca_file.to_str().unwrap(),
+        base.join("client.pem").to_str().unwrap(),
+        base.join("client.key").to_str().unwrap()
+    );
+    let (dir, _admin, mut server) = start_with_drain(&base, &drain);
+    std::thread::sleep(Duration::from_secs(1));
+    let head = head_seq(&dir);
+    wait_all(&seen, head.min(3), Duration::from_secs(30));
+    server.terminate();
+    assert!(seen.lock().unwrap().bad.is_empty());
+
+    // Without the client certificate the receiver refuses, and nothing arrives.
+    let base = test_dir("drain-mtls-none-");
+    let seen2 = Arc::new(Mutex::new(Seen::default()));
+    let addr2 = free_addr(&rt);
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let tls2 = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                vec![server_cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+            )
+            .unwrap(),
+    );
+    let _rx2 = spawn_syslog(&rt, bind(&rt, addr2), tls2, seen2.clone());
+    let drain = format!(
+        "[[audit.drains]]\nname = \"siem\"\nurl = \"syslog+tls://localhost:{}\"\nca_file = {:?}\n",
+        addr2.port(),
+        ca_file.to_str().unwrap()
+    );
+    let (_dir, _admin, mut server) = start_with_drain(&base, &drain);
+    std::thread::sleep(Duration::from_secs(2));
+    server.terminate();
+    assert!(seen2.lock().unwrap().records.is_empty());
+}
