@@ -49,7 +49,13 @@ pub static CIPHER_SUITES: &[rustls::SupportedCipherSuite] = {
 };
 
 /// The server configuration, answering each handshake from `resolver`.
-pub fn server_config(resolver: Arc<ReloadableResolver>) -> Result<Arc<ServerConfig>, TlsError> {
+/// With `acme_tls_alpn`, `acme-tls/1` is accepted too (last, so that it is
+/// chosen only by a client that offers nothing else: an ACME server
+/// validating TLS-ALPN-01).
+pub fn server_config(
+    resolver: Arc<ReloadableResolver>,
+    acme_tls_alpn: bool,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::CryptoProvider {
         cipher_suites: CIPHER_SUITES.to_vec(),
         ..rustls::crypto::aws_lc_rs::default_provider()
@@ -61,6 +67,11 @@ pub fn server_config(resolver: Arc<ReloadableResolver>) -> Result<Arc<ServerConf
         .with_cert_resolver(resolver);
     config.ignore_client_order = true;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if acme_tls_alpn {
+        config
+            .alpn_protocols
+            .push(tokengate_tls::ACME_TLS_ALPN.to_vec());
+    }
     config.ticketer =
         rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| TlsError(e.to_string()))?;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(64 * 1024);
@@ -178,7 +189,7 @@ mod tests {
 
     #[test]
     fn server_order_aead_suites_tls12_and_13() {
-        let config = server_config(Arc::new(ReloadableResolver::default())).unwrap();
+        let config = server_config(Arc::new(ReloadableResolver::default()), false).unwrap();
         assert!(config.ignore_client_order, "the server picks the suite");
         let suites = &config.crypto_provider().cipher_suites;
         assert_eq!(suites.len(), 9);
@@ -199,6 +210,11 @@ mod tests {
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
         );
         assert!(config.ticketer.enabled());
+        let with_acme = server_config(Arc::new(ReloadableResolver::default()), true).unwrap();
+        assert_eq!(
+            with_acme.alpn_protocols.last().unwrap(),
+            tokengate_tls::ACME_TLS_ALPN
+        );
     }
 
     #[test]

@@ -239,13 +239,17 @@ struct Edge {
 
 impl Edge {
     fn start(data_dir: &Path, log: &Path, envs: &[(&str, &str)]) -> Edge {
+        Edge::start_on(data_dir, log, "127.0.0.1:0", envs)
+    }
+
+    fn start_on(data_dir: &Path, log: &Path, listen: &str, envs: &[(&str, &str)]) -> Edge {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
         let mut cmd = bin();
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .env("TOKENGATE_TLS_RELOAD_MS", "100")
             .stdout(Stdio::piped())
@@ -1999,25 +2003,45 @@ fn acme_status(data: &Path, domain: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
-#[test]
-fn acme_issues_and_renews_against_pebble() {
-    if !Path::new("/usr/bin/pebble").exists() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must install Debian's `pebble` package (see .ci/run)"
-        );
-        eprintln!("pebble is not installed: skipping");
-        return;
-    }
-    let (base, data) = new_data_dir("tls-acme-");
+/// Pebble (real validation, nonce rejection at its default) with
+/// pebble-challtestsrv as its DNS server: every name resolves to 127.0.0.1
+/// except `fail.test` (127.0.0.2, where nothing listens).
+struct Pebble {
+    dir_port: u16,
+    http_port: u16,
+    tls_port: u16,
+    chall_port: u16,
+    api_ca: PathBuf,
+    _procs: (Proc, Proc),
+}
 
+impl Pebble {
+    fn directory(&self) -> String {
+        format!("https://127.0.0.1:{}/dir", self.dir_port)
+    }
+}
+
+#[allow(clippy::print_stderr)]
+fn pebble_installed() -> bool {
+    if Path::new("/usr/bin/pebble").exists() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "CI must install Debian's `pebble` package (see .ci/run)"
+    );
+    eprintln!("pebble is not installed: skipping");
+    false
+}
+
+fn start_pebble(base: &Path) -> Pebble {
     // Pebble's own HTTPS certificate, from a test root that tokengate is
     // told to trust for the ACME directory (acme_ca_root).
     let api_root = root("Pebble API Test Root");
     let api = leaf("localhost", &["localhost", "127.0.0.1"], &api_root);
-    let api_crt = write(&base, "pebble-api.crt", api.cert.pem());
-    let api_key = write(&base, "pebble-api.key", api.key.serialize_pem());
-    let api_ca = write(&base, "pebble-api-root.pem", api_root.cert.pem());
+    let api_crt = write(base, "pebble-api.crt", api.cert.pem());
+    let api_key = write(base, "pebble-api.key", api.key.serialize_pem());
+    let api_ca = write(base, "pebble-api-root.pem", api_root.cert.pem());
     let (dir_port, mgmt_port, http_port, tls_port, dns_port, chall_port) = (
         free_port(),
         free_port(),
@@ -2039,11 +2063,11 @@ fn acme_issues_and_renews_against_pebble() {
         // lifetime left) happens within the test.
         "certificateValidityPeriod": 30
     }});
-    let config_path = write(&base, "pebble.json", config.to_string());
+    let config_path = write(base, "pebble.json", config.to_string());
     let log = |name: &str| Stdio::from(std::fs::File::create(base.join(name)).unwrap());
     // DNS: every name resolves to 127.0.0.1, where tokengate's plain-HTTP
     // listener answers HTTP-01; fail.test points where nothing listens.
-    let _dns = Proc(
+    let dns = Proc(
         Command::new("pebble-challtestsrv")
             .args([
                 "-dns01",
@@ -2076,7 +2100,7 @@ fn acme_issues_and_renews_against_pebble() {
     );
     // Real validation; nonce rejection left at Pebble's default. Only the
     // random sleep before validating is turned off.
-    let _pebble = Proc(
+    let pebble = Proc(
         Command::new("pebble")
             .arg("-config")
             .arg(&config_path)
@@ -2088,6 +2112,23 @@ fn acme_issues_and_renews_against_pebble() {
             .unwrap(),
     );
     wait_for_port(dir_port);
+    Pebble {
+        dir_port,
+        http_port,
+        tls_port,
+        chall_port,
+        api_ca,
+        _procs: (dns, pebble),
+    }
+}
+
+#[test]
+fn acme_issues_and_renews_against_pebble() {
+    if !pebble_installed() {
+        return;
+    }
+    let (base, data) = new_data_dir("tls-acme-");
+    let pebble = start_pebble(&base);
 
     ok(&data, &["certs", "auto", "enable", "--domain", "acme.test"]);
     ok(&data, &["certs", "auto", "enable", "--domain", "fail.test"]);
@@ -2096,22 +2137,17 @@ fn acme_issues_and_renews_against_pebble() {
         &["certs", "auto", "enable", "--domain", "acme.test"],
         "acme_exists",
     );
-    fails(
-        &data,
-        &["certs", "auto", "enable", "--domain", "*.acme.test"],
-        "acme_wildcard_unsupported",
-    );
     assert_eq!(acme_status(&data, "acme.test")["status"], "pending");
 
-    let http_listen = format!("127.0.0.1:{http_port}");
-    let directory = format!("https://127.0.0.1:{dir_port}/dir");
+    let http_listen = format!("127.0.0.1:{}", pebble.http_port);
+    let directory = pebble.directory();
     let edge = Edge::start(
         &data,
         &base.join("server.log"),
         &[
             ("TOKENGATE_HTTP_LISTEN", http_listen.as_str()),
             ("TOKENGATE_ACME_DIRECTORY_URL", directory.as_str()),
-            ("TOKENGATE_ACME_CA_ROOT", api_ca.to_str().unwrap()),
+            ("TOKENGATE_ACME_CA_ROOT", pebble.api_ca.to_str().unwrap()),
             ("TOKENGATE_ACME_CHECK_SECS", "1"),
             ("TOKENGATE_ACME_RETRY_SECS", "3600"),
         ],
@@ -2201,4 +2237,136 @@ fn acme_issues_and_renews_against_pebble() {
     );
     let out = tg(&data, &["audit", "verify"], &[]);
     assert!(out.status.success());
+}
+
+#[test]
+fn acme_tls_alpn_01_and_wildcard_dns_01_against_pebble() {
+    if !pebble_installed() {
+        return;
+    }
+    let (base, data) = new_data_dir("tls-acme-alpn-dns-");
+    let pebble = start_pebble(&base);
+    // The DNS-01 hook: publishes and withdraws TXT records at challtestsrv
+    // (plain bash, no HTTP client needed), and notes each call.
+    let calls = base.join("hook-calls.log");
+    let hook = write(
+        &base,
+        "dns-hook.sh",
+        format!(
+            r#"#!/bin/bash
+# dns-hook ACTION DOMAIN RECORD VALUE
+set -eu
+echo "$1 $2 $3" >> '{calls}'
+case "$1" in
+  present) path=/set-txt; body="{{\"host\":\"$3.\",\"value\":\"$4\"}}" ;;
+  cleanup) path=/clear-txt; body="{{\"host\":\"$3.\"}}" ;;
+  *) echo "unknown action $1" >&2; exit 2 ;;
+esac
+exec 3<>/dev/tcp/127.0.0.1/{port}
+printf 'POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s' "$path" "${{#body}}" "$body" >&3
+read -r status <&3
+case "$status" in *" 200 "*) ;; *) echo "challtestsrv said: $status" >&2; exit 1 ;; esac
+"#,
+            calls = calls.display(),
+            port = pebble.chall_port
+        ),
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    ok(&data, &["certs", "auto", "enable", "--domain", "alpn.test"]);
+    ok(
+        &data,
+        &["certs", "auto", "enable", "--domain", "*.wild.test"],
+    );
+
+    // tokengate's HTTPS listener on the port Pebble validates TLS-ALPN-01
+    // on; no plain-HTTP listener, so HTTP-01 cannot be what succeeds.
+    let listen = format!("127.0.0.1:{}", pebble.tls_port);
+    let directory = pebble.directory();
+    let edge = Edge::start_on(
+        &data,
+        &base.join("server.log"),
+        &listen,
+        &[
+            ("TOKENGATE_ACME_DIRECTORY_URL", directory.as_str()),
+            ("TOKENGATE_ACME_CA_ROOT", pebble.api_ca.to_str().unwrap()),
+            ("TOKENGATE_ACME_CHALLENGE", "tls-alpn-01"),
+            ("TOKENGATE_ACME_DNS_HOOK", hook.to_str().unwrap()),
+            ("TOKENGATE_ACME_DNS_WAIT_SECS", "0"),
+            ("TOKENGATE_ACME_CHECK_SECS", "1"),
+            ("TOKENGATE_ACME_RETRY_SECS", "3600"),
+        ],
+    );
+    assert!(edge.http.is_none());
+    let local = served_leaf(edge.https, Some("localhost")).unwrap();
+    for name in ["alpn.test", "shop.wild.test"] {
+        let issued = within(Duration::from_secs(60), || {
+            served_leaf(edge.https, Some(name)).unwrap() != local
+        });
+        assert!(
+            issued.is_some(),
+            "no ACME certificate served for {name}:\n{}",
+            edge.log()
+        );
+    }
+    let alpn = ok(&data, &["certs", "info", "--name", "acme-alpn.test"]);
+    assert!(
+        alpn["issuer"].as_str().unwrap().contains("Pebble"),
+        "{alpn}"
+    );
+    assert_eq!(alpn["domains"], serde_json::json!(["alpn.test"]));
+    let wild = ok(
+        &data,
+        &["certs", "info", "--name", "acme-wildcard.wild.test"],
+    );
+    assert_eq!(wild["type"], "acme");
+    assert_eq!(wild["domains"], serde_json::json!(["*.wild.test"]));
+    for domain in ["alpn.test", "*.wild.test"] {
+        assert_eq!(acme_status(&data, domain)["status"], "valid");
+    }
+    // The hook published the TXT record of the wildcard's base name and
+    // withdrew it afterwards.
+    let log = std::fs::read_to_string(&calls).unwrap();
+    assert!(
+        log.contains("present wild.test _acme-challenge.wild.test"),
+        "{log}"
+    );
+    assert!(
+        log.contains("cleanup wild.test _acme-challenge.wild.test"),
+        "{log}"
+    );
+    assert!(!log.contains("alpn.test"), "alpn.test used DNS-01: {log}");
+
+    // With no challenge pending, a client offering only acme-tls/1 is
+    // refused, whatever the name; ordinary clients never get acme-tls/1.
+    let mut acme_client = (*client_config(&[&rustls::version::TLS13])).clone();
+    acme_client.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    let acme_client = Arc::new(acme_client);
+    for name in ["alpn.test", "localhost"] {
+        assert!(
+            connect_with(edge.https, Some(name), acme_client.clone()).is_err(),
+            "{name}"
+        );
+    }
+    let out = openssl(&[
+        "s_client",
+        "-connect",
+        &listen,
+        "-servername",
+        "alpn.test",
+        "-alpn",
+        "h2,http/1.1,acme-tls/1",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ALPN protocol: h2"), "{text}");
+    drop(edge);
+
+    let events = audit_actions(&data);
+    let orders = events
+        .iter()
+        .filter(|e| e["action"] == "acme_order" && e["outcome"] == "success")
+        .count();
+    assert!(orders >= 2, "{events:?}");
 }
