@@ -441,6 +441,70 @@ pub async fn acme_loop(
 mod tests {
     use super::*;
 
+    fn settings(hook: Option<PathBuf>) -> AcmeSettings {
+        AcmeSettings {
+            directory_url: "https://ca.test/dir".into(),
+            ca_root: None,
+            contact: None,
+            check_every: Duration::from_secs(1),
+            retry_base: Duration::from_secs(1),
+            challenge: AcmeChallenge::TlsAlpn01,
+            dns_hook: hook,
+            dns_wait: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn wildcards_use_dns_01_and_need_the_hook() {
+        let without = settings(None);
+        assert_eq!(
+            challenge_for(&without, "shop.test"),
+            Ok(AcmeChallenge::TlsAlpn01)
+        );
+        let e = challenge_for(&without, "*.shop.test").unwrap_err();
+        assert!(e.contains("acme_dns_hook"), "{e}");
+        let with = settings(Some(PathBuf::from("/bin/true")));
+        assert_eq!(
+            challenge_for(&with, "*.shop.test"),
+            Ok(AcmeChallenge::Dns01)
+        );
+    }
+
+    #[test]
+    fn challenge_certificate_needs_a_sha256_digest() {
+        assert!(alpn_challenge_cert("a.test", &[0u8; 31]).is_err());
+        let ck = alpn_challenge_cert("a.test", &[7u8; 32]).unwrap();
+        assert_eq!(ck.cert.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failing_dns_hook_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let hook = dir.path().join("hook.sh");
+        std::fs::write(
+            &hook,
+            "#!/bin/sh\necho \"noise\" >&2\necho \"zone $2 not managed here\" >&2\nexit 3\n",
+        )
+        .unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let e = dns_hook(&hook, "present", "x.test", "_acme-challenge.x.test", "v")
+            .await
+            .unwrap_err();
+        assert!(e.contains("zone x.test not managed here"), "{e}");
+        assert!(e.contains("present"), "{e}");
+        assert!(e.contains('3'), "{e}");
+        assert!(!e.contains("noise"), "{e}");
+        let missing = dir.path().join("missing");
+        assert!(
+            dns_hook(&missing, "cleanup", "x.test", "r", "v")
+                .await
+                .is_err()
+        );
+    }
+
     #[test]
     fn backoff_doubles_up_to_six_hours() {
         let base = Duration::from_secs(60);

@@ -561,4 +561,49 @@ mod tests {
         assert!(c.behind_proxy);
         assert_eq!(c.http_listen.unwrap().port(), 8080);
     }
+
+    #[test]
+    fn acme_challenge_settings() {
+        let c = Config::load(None, &env(&[])).unwrap();
+        assert_eq!(c.acme_challenge, AcmeChallenge::Http01);
+        assert!(!c.acme_tls_alpn());
+        let c = Config::load(
+            None,
+            &env(&[
+                ("TOKENGATE_ACME_DIRECTORY_URL", "https://ca.test/dir"),
+                ("TOKENGATE_ACME_CHALLENGE", "tls-alpn-01"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.acme_tls_alpn());
+        let e =
+            Config::load(None, &env(&[("TOKENGATE_ACME_CHALLENGE", "tls-sni-01")])).unwrap_err();
+        assert_eq!(e.field, "TOKENGATE_ACME_CHALLENGE");
+        let e = Config::load(None, &env(&[("TOKENGATE_ACME_CHALLENGE", "dns-01")])).unwrap_err();
+        assert_eq!(e.field, "acme_dns_hook");
+        let e = Config::load(
+            None,
+            &env(&[("TOKENGATE_ACME_DNS_HOOK", "/nonexistent/dns-hook")]),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "acme_dns_hook");
+        let dir = tempfile::tempdir().unwrap();
+        let hook = dir.path().join("hook.sh");
+        std::fs::write(&hook, "#!/bin/sh\n").unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            format!(
+                "acme_challenge = \"dns-01\"\nacme_dns_hook = {:?}\nacme_dns_wait_secs = 5\n",
+                hook.display().to_string()
+            ),
+        )
+        .unwrap();
+        let c = Config::load(Some(&f), &env(&[])).unwrap();
+        assert_eq!(c.acme_challenge, AcmeChallenge::Dns01);
+        assert_eq!(c.acme_dns_wait_secs, 5);
+        let e =
+            Config::load(Some(&f), &env(&[("TOKENGATE_ACME_DNS_WAIT_SECS", "7200")])).unwrap_err();
+        assert_eq!(e.field, "acme_dns_wait_secs");
+    }
 }
