@@ -130,6 +130,31 @@ pub struct Config {
     pub acme_check_secs: u64,
     /// First retry delay after a failed order, seconds (doubles per failure).
     pub acme_retry_secs: u64,
+    /// The challenge answered for ordinary (non-wildcard) domains.
+    pub acme_challenge: AcmeChallenge,
+    /// Command that publishes and withdraws DNS-01 TXT records (called as
+    /// `HOOK present|cleanup DOMAIN RECORD_NAME VALUE`). Needed for
+    /// `acme_challenge = "dns-01"` and for wildcard domains.
+    pub acme_dns_hook: Option<PathBuf>,
+    /// Seconds to wait after the hook published a record before the CA is
+    /// asked to look (DNS propagation), 0-3600.
+    pub acme_dns_wait_secs: u64,
+}
+
+/// The ACME challenge type tokengate answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+pub enum AcmeChallenge {
+    /// A file on the plain-HTTP listener (port 80).
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
+    /// A challenge certificate on the HTTPS listener (port 443), to clients
+    /// that offer only the `acme-tls/1` ALPN protocol.
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    /// A TXT record, published by `acme_dns_hook`.
+    #[serde(rename = "dns-01")]
+    Dns01,
 }
 
 /// Handshakes whose SNI matches no domain, or that carry none.
@@ -180,6 +205,9 @@ impl Default for Config {
             acme_contact: None,
             acme_check_secs: 60,
             acme_retry_secs: 60,
+            acme_challenge: AcmeChallenge::Http01,
+            acme_dns_hook: None,
+            acme_dns_wait_secs: 30,
         }
     }
 }
@@ -399,6 +427,25 @@ impl Config {
         if let Some(v) = env.get("TOKENGATE_ACME_RETRY_SECS") {
             cfg.acme_retry_secs = parse_num("TOKENGATE_ACME_RETRY_SECS", v)?;
         }
+        if let Some(v) = env.get("TOKENGATE_ACME_CHALLENGE") {
+            cfg.acme_challenge = match v.as_str() {
+                "http-01" => AcmeChallenge::Http01,
+                "tls-alpn-01" => AcmeChallenge::TlsAlpn01,
+                "dns-01" => AcmeChallenge::Dns01,
+                _ => {
+                    return Err(cerr(
+                        "TOKENGATE_ACME_CHALLENGE",
+                        "must be `http-01`, `tls-alpn-01` or `dns-01`",
+                    ));
+                }
+            };
+        }
+        if let Some(v) = env.get("TOKENGATE_ACME_DNS_HOOK") {
+            cfg.acme_dns_hook = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env.get("TOKENGATE_ACME_DNS_WAIT_SECS") {
+            cfg.acme_dns_wait_secs = parse_num("TOKENGATE_ACME_DNS_WAIT_SECS", v)?;
+        }
         if cfg.listen.is_none()
             && let Some(port) = env.get("PORT")
         {
@@ -512,6 +559,23 @@ impl Config {
         {
             return Err(cerr("acme_contact", "must be a mailto: URL"));
         }
+        if self.acme_challenge == AcmeChallenge::Dns01 && self.acme_dns_hook.is_none() {
+            return Err(cerr(
+                "acme_dns_hook",
+                "acme_challenge = \"dns-01\" needs the command that publishes TXT records",
+            ));
+        }
+        if let Some(hook) = &self.acme_dns_hook
+            && !hook.is_file()
+        {
+            return Err(cerr(
+                "acme_dns_hook",
+                format!("{} is not a file", hook.display()),
+            ));
+        }
+        if self.acme_dns_wait_secs > 3600 {
+            return Err(cerr("acme_dns_wait_secs", "must be 0-3600"));
+        }
         let proxies = self.trusted_proxy_cidrs()?;
         if self.behind_proxy && proxies.is_empty() {
             return Err(cerr(
@@ -544,7 +608,15 @@ impl Config {
                 contact: self.acme_contact.clone(),
                 check_every: Duration::from_secs(self.acme_check_secs),
                 retry_base: Duration::from_secs(self.acme_retry_secs),
+                challenge: self.acme_challenge,
+                dns_hook: self.acme_dns_hook.clone(),
+                dns_wait: Duration::from_secs(self.acme_dns_wait_secs),
             })
+    }
+
+    /// Whether the HTTPS listener answers TLS-ALPN-01 validation.
+    pub fn acme_tls_alpn(&self) -> bool {
+        self.acme_directory_url.is_some() && self.acme_challenge == AcmeChallenge::TlsAlpn01
     }
 
     /// The certificate for unknown or missing SNI, or `None` to refuse.
@@ -648,5 +720,50 @@ mod tests {
         assert_eq!(c.default_cert(), Some("shop"));
         assert!(c.behind_proxy);
         assert_eq!(c.http_listen.unwrap().port(), 8080);
+    }
+
+    #[test]
+    fn acme_challenge_settings() {
+        let c = Config::load(None, &env(&[])).unwrap();
+        assert_eq!(c.acme_challenge, AcmeChallenge::Http01);
+        assert!(!c.acme_tls_alpn());
+        let c = Config::load(
+            None,
+            &env(&[
+                ("TOKENGATE_ACME_DIRECTORY_URL", "https://ca.test/dir"),
+                ("TOKENGATE_ACME_CHALLENGE", "tls-alpn-01"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.acme_tls_alpn());
+        let e =
+            Config::load(None, &env(&[("TOKENGATE_ACME_CHALLENGE", "tls-sni-01")])).unwrap_err();
+        assert_eq!(e.field, "TOKENGATE_ACME_CHALLENGE");
+        let e = Config::load(None, &env(&[("TOKENGATE_ACME_CHALLENGE", "dns-01")])).unwrap_err();
+        assert_eq!(e.field, "acme_dns_hook");
+        let e = Config::load(
+            None,
+            &env(&[("TOKENGATE_ACME_DNS_HOOK", "/nonexistent/dns-hook")]),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "acme_dns_hook");
+        let dir = tempfile::tempdir().unwrap();
+        let hook = dir.path().join("hook.sh");
+        std::fs::write(&hook, "#!/bin/sh\n").unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            format!(
+                "acme_challenge = \"dns-01\"\nacme_dns_hook = {:?}\nacme_dns_wait_secs = 5\n",
+                hook.display().to_string()
+            ),
+        )
+        .unwrap();
+        let c = Config::load(Some(&f), &env(&[])).unwrap();
+        assert_eq!(c.acme_challenge, AcmeChallenge::Dns01);
+        assert_eq!(c.acme_dns_wait_secs, 5);
+        let e =
+            Config::load(Some(&f), &env(&[("TOKENGATE_ACME_DNS_WAIT_SECS", "7200")])).unwrap_err();
+        assert_eq!(e.field, "acme_dns_wait_secs");
     }
 }

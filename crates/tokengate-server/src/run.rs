@@ -121,7 +121,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let resolver = Arc::new(ReloadableResolver::new(
         tls::load_resolver(&vault, default_cert.as_deref()).await?,
     ));
-    let tls = tls::server_config(resolver.clone())?;
+    let tls = tls::server_config(resolver.clone(), config.acme_tls_alpn())?;
     let (listener, addr) = bind(config.listen_addr()).await?;
     let http = match config.http_listen {
         Some(a) => Some(bind(a).await?),
@@ -187,9 +187,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         vault.clone(),
         Duration::from_secs(config.tls_expiry_check_secs),
     ));
-    let acme = config
-        .acme()
-        .map(|settings| tokio::spawn(crate::acme::acme_loop(vault.clone(), settings)));
+    let acme = config.acme().map(|settings| {
+        tokio::spawn(crate::acme::acme_loop(
+            vault.clone(),
+            resolver.clone(),
+            settings,
+        ))
+    });
     let app = router(state(vault.clone(), &config));
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();

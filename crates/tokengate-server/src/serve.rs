@@ -98,6 +98,13 @@ pub async fn serve(
                             }
                             Err(_) => return,
                         };
+                    // ACME TLS-ALPN-01 validation: the handshake was the
+                    // answer; no HTTP follows (RFC 8737).
+                    if tls.get_ref().1.alpn_protocol() == Some(tokengate_tls::ACME_TLS_ALPN) {
+                        let mut tls = tls;
+                        let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+                        return;
+                    }
                     serve_connection(tls, peer, Transport::Tls, app, builder, watcher).await;
                 }
                 None => serve_connection(tcp, peer, Transport::Plain, app, builder, watcher).await,

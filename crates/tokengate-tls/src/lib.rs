@@ -53,6 +53,6 @@ pub use error::{CertError, PemInput, PemProblem};
 pub use key::{KeyFormat, PrivateKey};
 pub use names::memorable_name;
 pub use pem::{chain_from_pem, chain_to_pem};
-pub use resolver::{ReloadableResolver, ResolverError, SniResolver};
+pub use resolver::{ACME_TLS_ALPN, ReloadableResolver, ResolverError, SniResolver};
 pub use roots::TrustRoots;
 pub use san::{DomainName, SubjectAltName, covers, covers_domain};

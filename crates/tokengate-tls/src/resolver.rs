@@ -12,6 +12,13 @@
 //! snapshot and [`ReloadableResolver::replace`] swaps in a new one. A
 //! handshake that started keeps the snapshot it read; open connections are
 //! not touched (their keys were agreed at their handshake).
+//!
+//! It also answers ACME TLS-ALPN-01 validation (RFC 8737): a client that
+//! offers the single ALPN protocol `acme-tls/1` gets the challenge
+//! certificate published for its SNI with
+//! [`ReloadableResolver::set_acme_challenge`], and never a real
+//! certificate; with no challenge published for that name its handshake is
+//! refused.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -154,11 +161,24 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// The ALPN protocol of ACME TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// Whether the client offers exactly `acme-tls/1`, as an ACME server
+/// validating TLS-ALPN-01 does.
+fn is_acme_validation(client_hello: &ClientHello<'_>) -> bool {
+    client_hello.alpn().is_some_and(|mut protocols| {
+        protocols.next() == Some(ACME_TLS_ALPN) && protocols.next().is_none()
+    })
+}
+
 /// The resolver rustls holds for the life of the server; its snapshot can
 /// be replaced at any time.
 #[derive(Debug, Default)]
 pub struct ReloadableResolver {
     current: RwLock<Arc<SniResolver>>,
+    /// TLS-ALPN-01 challenge certificates by (lower-case) domain.
+    acme: RwLock<HashMap<String, Arc<CertifiedKey>>>,
 }
 
 impl ReloadableResolver {
@@ -166,7 +186,36 @@ impl ReloadableResolver {
     pub fn new(initial: SniResolver) -> Self {
         Self {
             current: RwLock::new(Arc::new(initial)),
+            acme: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// Answer TLS-ALPN-01 validation for `domain` with `challenge` (a
+    /// self-signed certificate carrying the acmeIdentifier extension).
+    pub fn set_acme_challenge(&self, domain: &str, challenge: Arc<CertifiedKey>) {
+        let mut map = match self.acme.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.insert(domain.to_ascii_lowercase(), challenge);
+    }
+
+    /// Stop answering TLS-ALPN-01 validation for `domain`.
+    pub fn remove_acme_challenge(&self, domain: &str) {
+        let mut map = match self.acme.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.remove(&domain.to_ascii_lowercase());
+    }
+
+    fn acme_challenge(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let name = sni?.strip_suffix('.').unwrap_or(sni?).to_ascii_lowercase();
+        let map = match self.acme.read() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.get(&name).cloned()
     }
 
     /// New handshakes use `next` from now on.
@@ -191,6 +240,9 @@ impl ReloadableResolver {
 
 impl ResolvesServerCert for ReloadableResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if is_acme_validation(&client_hello) {
+            return self.acme_challenge(client_hello.server_name());
+        }
         self.current().certified(client_hello.server_name())
     }
 }
@@ -248,6 +300,27 @@ mod tests {
         reloadable.replace(SniResolver::new());
         assert_eq!(reloadable.current().select(None), None);
         assert!(format!("{reloadable:?}").contains("SniResolver"));
+    }
+
+    #[test]
+    fn acme_challenges_are_kept_by_lower_case_name() {
+        let r = ReloadableResolver::new(resolver_with(&["a"]));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["x.test".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let signer = rustls::crypto::aws_lc_rs::sign::any_supported_type(
+            &rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        let ck = Arc::new(CertifiedKey::new(vec![cert.der().clone()], signer));
+        r.set_acme_challenge("X.test", ck);
+        assert!(r.acme_challenge(Some("x.test.")).is_some());
+        assert!(r.acme_challenge(Some("y.test")).is_none());
+        assert!(r.acme_challenge(None).is_none());
+        r.remove_acme_challenge("x.TEST");
+        assert!(r.acme_challenge(Some("x.test")).is_none());
     }
 
     #[test]

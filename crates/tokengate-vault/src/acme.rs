@@ -130,7 +130,8 @@ impl Vault {
     }
 
     /// Put `domain` under ACME management: a server with ACME configured
-    /// orders its certificate and renews it.
+    /// orders its certificate and renews it. A wildcard (`*.example.com`)
+    /// is ordered through DNS-01.
     pub async fn acme_enable(
         &self,
         domain: &str,
@@ -138,14 +139,8 @@ impl Vault {
     ) -> Result<AcmeStatus, VaultError> {
         let d = DomainName::parse(domain.trim())
             .map_err(|e| VaultError::invalid(e.code(), e.to_string()))?;
-        if d.is_wildcard() {
-            return Err(VaultError::invalid(
-                "acme_wildcard_unsupported",
-                format!(
-                    "{d}: wildcard certificates need the DNS-01 challenge, which tokengate does not answer yet; add the certificate with `tokengate certs add`"
-                ),
-            ));
-        }
+        // A wildcard is ordered with the DNS-01 challenge: the server needs
+        // `acme_dns_hook` (without it the order fails with that reason).
         if self
             .store
             .acme_domains()
