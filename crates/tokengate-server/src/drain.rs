@@ -115,8 +115,11 @@ impl Drain {
                 .name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !name_ok {
-            return Err("name must be 1-64 letters, digits, '-' or '_'".into());
+        // The name is a metric label: it may never look like a card number.
+        if !name_ok || tokengate_core::contains_pan_like(&config.name) {
+            return Err(
+                "name must be 1-64 letters, digits, '-' or '_' (and not a card number)".into(),
+            );
         }
         if !(1..=5000).contains(&config.batch) {
             return Err("batch must be 1-5000".into());
@@ -458,4 +461,50 @@ fn rand_jitter() -> u32 {
     let mut b = [0u8; 4];
     let _ = aws_lc_rs::rand::fill(&mut b);
     u32::from_le_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(name: &str, url: &str) -> DrainConfig {
+        DrainConfig {
+            name: name.into(),
+            url: url.into(),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            on_failure: OnFailure::Buffer,
+            batch: 500,
+            max_lag_secs: 30,
+            actions: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn bad_drain_settings_are_refused_with_a_reason() {
+        assert!(Drain::new(cfg("siem", "syslog+tls://127.0.0.1:6514")).is_ok());
+        for (name, url) in [
+            ("siem", "syslog+tls://127.0.0.1"),
+            ("siem", "syslog+tls://:6514"),
+            ("siem", "syslog+tls://host:port"),
+            ("siem", "http://collector/ingest"),
+            ("", "https://collector/ingest"),
+            ("has space", "https://collector/ingest"),
+            ("4111111111111111", "https://collector/ingest"),
+        ] {
+            assert!(Drain::new(cfg(name, url)).is_err(), "{name} {url}");
+        }
+        let mut c = cfg("siem", "https://collector/ingest");
+        c.batch = 0;
+        assert!(Drain::new(c).is_err());
+    }
+
+    #[test]
+    fn syslog_frames_are_octet_counted() {
+        assert_eq!(
+            frame("<109>1 - - tokengate - x - hi"),
+            b"29 <109>1 - - tokengate - x - hi".to_vec()
+        );
+    }
 }

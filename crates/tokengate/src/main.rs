@@ -162,7 +162,8 @@ async fn serve(
     let mut cfg = match Config::load(config.as_deref(), &ProcessEnv) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            // Messages can quote configured values: mask card numbers.
+            eprintln!("error: {}", tokengate_core::redact_pans(&e.to_string()));
             return Ok(ExitCode::from(64));
         }
     };

@@ -608,7 +608,7 @@ fn syslog_drain_presents_its_client_certificate_when_the_receiver_requires_one()
     );
     let addr = free_addr(&rt);
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let _rx = spawn_syslog(&rt, bind(&rt, addr), tls, seen.clone());
+    let _rx = spawn_syslog(&rt, bind(&rt, addr), tls.clone(), seen.clone());
     let drain = format!(
         "[[audit.drains]]\nname = \"siem\"\nurl = \"syslog+tls://localhost:{}\"\nca_file = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
         addr.port(),
@@ -627,27 +627,7 @@ fn syslog_drain_presents_its_client_certificate_when_the_receiver_requires_one()
     let base = test_dir("drain-mtls-none-");
     let seen2 = Arc::new(Mutex::new(Seen::default()));
     let addr2 = free_addr(&rt);
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.der().clone()).unwrap();
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .unwrap();
-    let tls2 = Arc::new(
-        rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(
-                vec![server_cert.der().clone()],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
-            )
-            .unwrap(),
-    );
-    let _rx2 = spawn_syslog(&rt, bind(&rt, addr2), tls2, seen2.clone());
+    let _rx2 = spawn_syslog(&rt, bind(&rt, addr2), tls.clone(), seen2.clone());
     let drain = format!(
         "[[audit.drains]]\nname = \"siem\"\nurl = \"syslog+tls://localhost:{}\"\nca_file = {:?}\n",
         addr2.port(),
