@@ -123,6 +123,13 @@ pub enum Action {
     Lockout,
     /// Audit records past retention archived and deleted.
     AuditPrune,
+    /// The edge proxy refused a request before it reached the app (card
+    /// data outside the configured fields, an invalid card field).
+    ProxyReject,
+    /// The app or a processor behind the edge proxy failed (down, timeout).
+    ProxyUpstreamError,
+    /// A call toward a destination that is not an allowed processor.
+    EgressDenied,
 }
 
 impl Action {
@@ -157,6 +164,9 @@ impl Action {
             Action::Alert => "alert",
             Action::Lockout => "lockout",
             Action::AuditPrune => "audit_prune",
+            Action::ProxyReject => "proxy_reject",
+            Action::ProxyUpstreamError => "proxy_upstream_error",
+            Action::EgressDenied => "egress_denied",
         }
     }
 }

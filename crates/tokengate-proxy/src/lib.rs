@@ -14,6 +14,7 @@ pub mod jsonpath;
 
 pub use body::{BodyKind, Enc, Hit, Part, Selector, What};
 pub use config::{OutboundConfig, ProxyConfig};
+pub use tokengate_scan::Detector;
 
 /// The safety-net detector: any card number by Luhn and IIN ranges,
 /// test cards and low-entropy numbers included (a test card sent to a

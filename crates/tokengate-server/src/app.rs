@@ -62,7 +62,7 @@ fn new_request_id() -> Ident {
 /// Assign the request id (the caller's `X-Request-Id` if it is a safe
 /// identifier of ≤ 64 bytes, else a new one), collect audit facts, and echo
 /// the id on the response.
-async fn request_context(mut req: Request, next: Next) -> Response {
+pub(crate) async fn request_context(mut req: Request, next: Next) -> Response {
     let request_id = req
         .headers()
         .get(&X_REQUEST_ID)
@@ -145,7 +145,7 @@ async fn fallback() -> ApiError {
     ApiError::not_found()
 }
 
-fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+pub(crate) fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::new(
         axum::http::StatusCode::INTERNAL_SERVER_ERROR,
         "internal_error",
@@ -227,6 +227,25 @@ pub fn harden(api: Router, edge: EdgeConfig) -> Router {
             crate::edge::edge,
         ))
         .layer(middleware::from_fn(security_headers))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+}
+
+/// The layers of the edge proxy listener: panic guard, edge (client
+/// address behind a trusted router, redirect to HTTPS), request context
+/// (request id, audit facts). No security headers: the app's own headers
+/// pass through unchanged.
+pub fn proxy_layers(proxy: Router, edge: EdgeConfig) -> Router {
+    proxy
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .layer(middleware::from_fn(request_context))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(edge),
+            crate::edge::edge,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))

@@ -91,6 +91,14 @@ pub struct Config {
     pub reveal_alert_per_minute: u32,
     /// `[audit]` section: `[[audit.drains]]` (see `drain::DrainConfig`).
     pub audit: AuditSection,
+    /// `[proxy]`: the inbound tokenizing proxy (its own listener and routes;
+    /// routes are reloaded from the file without restart).
+    pub proxy: Option<tokengate_proxy::ProxyConfig>,
+    /// `[outbound]`: processors reachable through the relay.
+    pub outbound: tokengate_proxy::OutboundConfig,
+    /// The file this configuration came from (for reloads); not a setting.
+    #[serde(skip)]
+    pub source_file: Option<PathBuf>,
     pub log_format: LogFormat,
     /// Replaced by the certificate store (`tokengate certs add`); setting
     /// either is a configuration error that says so.
@@ -181,6 +189,9 @@ impl Default for Config {
             audit_checkpoint_records: 10_000,
             audit_hmac_fields: Vec::new(),
             audit: AuditSection::default(),
+            proxy: None,
+            outbound: tokengate_proxy::OutboundConfig::default(),
+            source_file: None,
             audit_retention_days: 400,
             alert_webhook_url: None,
             alert_webhook_ca_file: None,
@@ -274,6 +285,7 @@ impl Config {
             }
             None => Config::default(),
         };
+        cfg.source_file = file.map(Path::to_path_buf);
         let parse_num = |key: &str, v: String| {
             v.parse::<u64>()
                 .map_err(|_| cerr(key, "must be a whole number"))
@@ -508,6 +520,27 @@ impl Config {
                     format!("two drains are named {:?}", d.name),
                 ));
             }
+        }
+        if let Some(p) = &self.proxy {
+            p.compile().map_err(|e| cerr(&e.field, e.message))?;
+            if let Some(n) = p.max_body_bytes
+                && !(1024..=64 * 1024 * 1024).contains(&n)
+            {
+                return Err(cerr(
+                    "proxy.max_body_bytes",
+                    "must be between 1024 and 67108864",
+                ));
+            }
+        }
+        let processors = self
+            .outbound
+            .compile()
+            .map_err(|e| cerr(&e.field, e.message))?;
+        if !processors.is_empty() && self.proxy.is_none() {
+            return Err(cerr(
+                "outbound.processors",
+                "the relay (`/relay/{processor}/…`) is served on the proxy listener: add a `[proxy]` section with `listen`",
+            ));
         }
         if !(1..=3600).contains(&self.audit_checkpoint_secs) {
             return Err(cerr("audit_checkpoint_secs", "must be 1-3600"));

@@ -171,8 +171,22 @@ impl Drain {
 }
 
 fn client_tls(config: &DrainConfig) -> Result<Arc<ClientConfig>, String> {
+    client_tls_from(
+        config.ca_file.as_deref(),
+        config.client_cert.as_deref(),
+        config.client_key.as_deref(),
+    )
+}
+
+/// A TLS 1.2/1.3 client configuration: roots from `ca_file` (PEM) or the
+/// system, and an optional client certificate for mTLS.
+pub(crate) fn client_tls_from(
+    ca_file: Option<&std::path::Path>,
+    client_cert: Option<&std::path::Path>,
+    client_key: Option<&std::path::Path>,
+) -> Result<Arc<ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
-    match &config.ca_file {
+    match ca_file {
         Some(path) => {
             let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
                 .map_err(|e| format!("ca_file {}: {e}", path.display()))?
@@ -198,7 +212,7 @@ fn client_tls(config: &DrainConfig) -> Result<Arc<ClientConfig>, String> {
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots);
-    let config = match (&config.client_cert, &config.client_key) {
+    let config = match (client_cert, client_key) {
         (Some(cert), Some(key)) => {
             let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
                 .map_err(|e| format!("client_cert {}: {e}", cert.display()))?

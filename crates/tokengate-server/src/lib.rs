@@ -12,6 +12,8 @@
 //!   certificate store, hot reload, expiry watch) and the accept loops (HTTPS,
 //!   and the optional plain-HTTP redirect listener).
 //! - [`acme`]: ordering and renewing certificates (HTTP-01).
+//! - [`proxy`]: the edge proxy listener (inbound tokenizing routes, the
+//!   outbound relay toward processors).
 //! - [`drain`]: audit drains (syslog over TLS, HTTPS) delivering from a
 //!   durable cursor.
 //! - [`edge`]: client address and scheme behind a proxy, redirect to HTTPS.
@@ -29,6 +31,7 @@ pub mod error;
 pub mod extract;
 pub mod logging;
 pub mod openapi;
+pub mod proxy;
 pub mod routes;
 pub mod run;
 pub mod serve;

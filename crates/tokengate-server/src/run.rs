@@ -40,6 +40,8 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("{0}")]
     Drain(String),
+    #[error("proxy: {0}")]
+    Proxy(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -79,6 +81,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The plain-HTTP (redirect) address, when `http_listen` is set.
     pub http_addr: Option<SocketAddr>,
+    /// The edge proxy's address, when `[proxy]` is configured.
+    pub proxy_addr: Option<SocketAddr>,
     pub vault: Arc<Vault>,
     /// The certificates new handshakes get (swapped on reload).
     pub resolver: Arc<ReloadableResolver>,
@@ -125,6 +129,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let (listener, addr) = bind(config.listen_addr()).await?;
     let http = match config.http_listen {
         Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let proxy = match &config.proxy {
+        Some(p) => {
+            let rules = crate::proxy::Rules::build(config).map_err(StartError::Proxy)?;
+            let (listener, addr) = bind(p.listen).await?;
+            Some((listener, addr, p.tls, rules))
+        }
         None => None,
     };
     // Redirects name the port actually bound (port 0 in tests).
@@ -198,6 +210,28 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let http_addr = http.as_ref().map(|(_, a)| *a);
+    let proxy_addr = proxy.as_ref().map(|(_, a, _, _)| *a);
+    let mut proxy_reloader = None;
+    if let Some((listener, _, use_tls, rules)) = proxy {
+        let pstate = crate::proxy::ProxyState::new(vault.clone(), rules);
+        if let Some(file) = config.source_file.clone() {
+            proxy_reloader = Some(tokio::spawn(crate::proxy::reload_loop(
+                pstate.clone(),
+                file,
+            )));
+        }
+        let edge = crate::edge::EdgeConfig {
+            behind_proxy: config.behind_proxy,
+            trusted_proxies: config.trusted_proxy_cidrs().unwrap_or_default(),
+            https_port: proxy_addr.map_or(443, |a| a.port()),
+        };
+        let papp = crate::app::proxy_layers(crate::proxy::router(pstate), edge);
+        let ptls = use_tls.then(|| tls.clone());
+        let rx = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            crate::serve::serve(listener, ptls, papp, stopped(rx)).await;
+        }));
+    }
     if let Some((listener, _)) = http {
         let app = app.clone();
         let rx = stop_rx.clone();
@@ -216,10 +250,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         if let Some(acme) = acme {
             acme.abort();
         }
+        if let Some(r) = proxy_reloader {
+            r.abort();
+        }
     }));
     Ok(Running {
         addr,
         http_addr,
+        proxy_addr,
         vault,
         resolver,
         stop: Some(stop),

@@ -320,7 +320,7 @@ async fn every_error_path_has_its_code_and_no_5xx() {
 async fn role_matrix() {
     let h = Harness::start().await;
     let setup = h.key(&["tokenize"]).await;
-    let roles = ["admin", "tokenize", "reveal", "auditor"];
+    let roles = ["admin", "tokenize", "reveal", "auditor", "relay"];
     let mut keys = Vec::new();
     for r in roles {
         keys.push((r, Some(h.key(&[r]).await)));

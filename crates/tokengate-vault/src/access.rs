@@ -29,10 +29,19 @@ pub enum Role {
     Reveal,
     /// Read the audit trail.
     Auditor,
+    /// Send tokens through the outbound relay to configured processors,
+    /// which receive the card numbers; never sees a card number itself.
+    Relay,
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Admin, Role::Tokenize, Role::Reveal, Role::Auditor];
+    pub const ALL: [Role; 5] = [
+        Role::Admin,
+        Role::Tokenize,
+        Role::Reveal,
+        Role::Auditor,
+        Role::Relay,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -40,6 +49,7 @@ impl Role {
             Role::Tokenize => "tokenize",
             Role::Reveal => "reveal",
             Role::Auditor => "auditor",
+            Role::Relay => "relay",
         }
     }
 

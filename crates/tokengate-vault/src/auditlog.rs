@@ -345,6 +345,29 @@ impl Vault {
         self.record(vec![ev]).await
     }
 
+    /// Record what the edge proxy refused or saw fail (`proxy_reject`,
+    /// `proxy_upstream_error`, `egress_denied`, or an `alert`), by `actor`
+    /// (`proxy.<route>` or the relaying API key), with the request's facts.
+    /// `detail` is redacted like any free text.
+    pub async fn record_edge_event(
+        &self,
+        action: Action,
+        reason: &'static str,
+        actor: &str,
+        meta: &RequestMeta,
+        detail: &str,
+    ) -> Result<(), VaultError> {
+        let outcome = if action == Action::Alert {
+            Outcome::Success
+        } else {
+            Outcome::failure(reason)
+        };
+        let actor = Ident::new(actor).unwrap_or_else(|| Ident::from_static("proxy"));
+        let mut ev = event(action, outcome, &actor, Some(&self.tenant), meta);
+        ev.detail = Some(SafeText::new(detail));
+        self.record(vec![ev]).await
+    }
+
     /// Open or close the audit gate for `reason` (see `GroupCommitter::set_gate`).
     pub fn set_audit_gate(&self, reason: &str, ok: bool) {
         self.committer.set_gate(reason, ok);

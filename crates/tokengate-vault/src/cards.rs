@@ -32,6 +32,10 @@ pub struct TokenizeRequest {
     pub deterministic: bool,
     /// A JSON object; refused if anything in it looks like a card number.
     pub metadata: Option<serde_json::Value>,
+    /// The card number arrived without its expiry (the edge proxy replaces
+    /// a card-number field on its own): `exp_month`/`exp_year` 0/0 are then
+    /// accepted and stored as "unknown" (shown as 0/0).
+    pub expiry_unknown: bool,
 }
 
 /// What anyone with the `tokenize` role may see about a token.
@@ -128,7 +132,11 @@ struct ValidCard {
 
 fn validate(req: &TokenizeRequest) -> Result<ValidCard, VaultError> {
     let pan = Pan::parse(&req.card.number)?;
-    let expiry = Expiry::new(req.card.exp_month, req.card.exp_year, this_month())?;
+    let expiry = if req.expiry_unknown && req.card.exp_month == 0 && req.card.exp_year == 0 {
+        Expiry::from_stored(0, 0)
+    } else {
+        Expiry::new(req.card.exp_month, req.card.exp_year, this_month())?
+    };
     let cvc = req
         .card
         .cvc
@@ -481,8 +489,35 @@ impl Vault {
 
     /// The card behind a token. The CVC, if still held, is returned once and deleted.
     pub async fn reveal(&self, caller: &Caller, token: &str) -> Result<RevealedCard, VaultError> {
-        self.require(caller, Role::Reveal, Action::TokenReveal)
-            .await?;
+        self.reveal_as(caller, token, Role::Reveal, None, true)
+            .await
+    }
+
+    /// The card behind a token, for the outbound relay to send to the
+    /// configured processor `destination` (never back to the caller, who
+    /// needs only the `relay` role). The audit record names the destination.
+    /// The CVC is taken (once) only when `with_cvc`.
+    pub async fn reveal_for_processor(
+        &self,
+        caller: &Caller,
+        token: &str,
+        destination: &str,
+        with_cvc: bool,
+    ) -> Result<RevealedCard, VaultError> {
+        let detail = SafeText::new(&format!("destination={destination}"));
+        self.reveal_as(caller, token, Role::Relay, Some(detail), with_cvc)
+            .await
+    }
+
+    async fn reveal_as(
+        &self,
+        caller: &Caller,
+        token: &str,
+        role: Role,
+        detail: Option<SafeText>,
+        take_cvc: bool,
+    ) -> Result<RevealedCard, VaultError> {
+        self.require(caller, role, Action::TokenReveal).await?;
         let audit_token = Ident::new(token);
         let row = match self.find(caller, token).await? {
             Some(r) => r,
@@ -519,16 +554,18 @@ impl Vault {
         let payload: Payload = serde_json::from_slice(plain.expose())
             .map_err(|_| VaultError::Internal("corrupt payload".into()))?;
         let now = now_ms();
+        let mut revealed = self.token_event(
+            caller,
+            Action::TokenReveal,
+            Outcome::Success,
+            Some(&row.token),
+        );
+        revealed.detail = detail;
         let mut job = Job {
-            events: vec![self.token_event(
-                caller,
-                Action::TokenReveal,
-                Outcome::Success,
-                Some(&row.token),
-            )],
+            events: vec![revealed],
             ..Job::default()
         };
-        if row.has_cvc {
+        if row.has_cvc && take_cvc {
             job.ops.push(Op::TakeCvc {
                 tenant: row.tenant.clone(),
                 token: row.token.clone(),
@@ -565,7 +602,7 @@ impl Vault {
         };
         self.note_reveal(caller).await;
         let mut info = TokenInfo::from(&row);
-        info.has_cvc = false;
+        info.has_cvc = row.has_cvc && !take_cvc;
         Ok(RevealedCard {
             info,
             number: Zeroizing::new(payload.number.clone()),

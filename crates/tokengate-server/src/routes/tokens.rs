@@ -112,6 +112,7 @@ impl TokenizeBody {
             },
             deterministic: self.deterministic,
             metadata: self.metadata,
+            expiry_unknown: false,
         }
     }
 }
