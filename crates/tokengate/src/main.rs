@@ -186,6 +186,14 @@ async fn serve(
     if let Some(http) = running.http_addr {
         println!("tokengate redirecting http://{http} to HTTPS");
     }
+    if let Some(proxy) = running.proxy_addr {
+        let scheme = if cfg.proxy.as_ref().is_some_and(|p| p.tls) {
+            "https"
+        } else {
+            "http"
+        };
+        println!("tokengate proxy listening on {scheme}://{proxy}");
+    }
     println!("tokengate listening on https://{}", running.addr);
     let _ = std::io::stdout().flush();
     tracing::info!(addr = %running.addr, data_dir = %cfg.data_dir.display(), "serving");

@@ -55,6 +55,8 @@ pub fn init(data_dir: &Path) -> String {
 pub struct Server {
     pub child: Child,
     pub base: String,
+    /// The edge proxy's base URL, when `[proxy]` is configured.
+    pub proxy: Option<String>,
 }
 
 impl Server {
@@ -82,18 +84,22 @@ impl Server {
         let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
+        let mut proxy = None;
         let base = loop {
             let line = lines
                 .next()
                 .expect("server exited before listening")
                 .unwrap();
+            if let Some(addr) = line.strip_prefix("tokengate proxy listening on ") {
+                proxy = Some(addr.trim().to_owned());
+            }
             if let Some(addr) = line.strip_prefix("tokengate listening on ") {
                 break addr.trim().to_owned();
             }
         };
         // Keep draining stdout so the server never blocks on it.
         std::thread::spawn(move || for _ in lines {});
-        Server { child, base }
+        Server { child, base, proxy }
     }
 
     pub fn kill9(&mut self) {
