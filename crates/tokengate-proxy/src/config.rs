@@ -331,13 +331,13 @@ impl ProxyConfig {
                     .enumerate()
                     .map(|(j, f)| {
                         let fat = format!("{at}.fields[{j}]");
-                        if let Some(fmt) = &f.format {
-                            if tokengate_core::TokenFormat::from_name(fmt).is_none() {
-                                return Err(rerr(
-                                    format!("{fat}.format"),
-                                    "must be `opaque` or `bin6_last4`",
-                                ));
-                            }
+                        if let Some(fmt) = &f.format
+                            && tokengate_core::TokenFormat::from_name(fmt).is_none()
+                        {
+                            return Err(rerr(
+                                format!("{fat}.format"),
+                                "must be `opaque` or `bin6_last4`",
+                            ));
                         }
                         selector(&fat, &f.json, &f.form)
                     })

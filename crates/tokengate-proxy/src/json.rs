@@ -108,13 +108,16 @@ pub fn encode_str(s: &str) -> Vec<u8> {
     serde_json::to_vec(s).unwrap_or_else(|_| b"\"\"".to_vec())
 }
 
+/// Called with each scalar's path, byte range and kind.
+pub type Visit<'v> = dyn FnMut(&[Seg], Range<usize>, Scalar) + 'v;
+
 /// Visit every scalar of a valid document, in order, with its path.
 /// `want_container` says for which paths an object/array should be reported
 /// as [`Scalar::Container`] (walking continues inside it either way).
 pub fn walk(
     body: &[u8],
     want_container: &dyn Fn(&[Seg]) -> bool,
-    visit: &mut dyn FnMut(&[Seg], Range<usize>, Scalar),
+    visit: &mut Visit<'_>,
 ) {
     let mut w = Walker {
         b: body,
@@ -161,7 +164,7 @@ impl Walker<'_> {
     fn value(
         &mut self,
         want: &dyn Fn(&[Seg]) -> bool,
-        visit: &mut dyn FnMut(&[Seg], Range<usize>, Scalar),
+        visit: &mut Visit<'_>,
     ) {
         self.ws();
         let start = self.i;

@@ -302,9 +302,4 @@ mod tests {
         assert_eq!(host_of("https://127.0.0.1:8443"), "127.0.0.1");
         assert_eq!(host_of("https://[::1]:8443/x"), "::1");
     }
-
-    #[test]
-    fn reveal_parts_default_to_the_number() {
-        assert_eq!(RevealPart::default(), RevealPart::Number);
-    }
 }
