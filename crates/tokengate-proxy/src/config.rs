@@ -151,9 +151,15 @@ pub struct InboundRoute {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboundConfig {
-    /// An HTTP forward proxy with TLS interception (not built yet: setting
-    /// it is a configuration error that says so).
+    /// An HTTP forward proxy (plain HTTP, `CONNECT`): TLS toward a
+    /// configured processor's host is intercepted with the outbound CA and
+    /// its reveal rules applied; `tunnel` hosts are tunneled untouched;
+    /// anything else is refused.
     pub listen: Option<SocketAddr>,
+    /// `host:port` the forward proxy may tunnel without interception (no
+    /// card data can be revealed into them).
+    #[serde(default)]
+    pub tunnel: Vec<String>,
     /// Time allowed for a processor to answer, ms (default 30 s).
     pub timeout_ms: Option<u64>,
     #[serde(default)]
@@ -240,6 +246,10 @@ pub struct Route {
 pub struct CompiledProcessor {
     pub cfg: Processor,
     pub base: String,
+    /// Host (lower case, no brackets) and port of `base`: what a `CONNECT`
+    /// to this processor names.
+    pub host: String,
+    pub port: u16,
     pub selectors: Vec<Selector>,
     /// Header names (lower case) with the part they reveal.
     pub headers: Vec<(String, RevealPart)>,
@@ -285,6 +295,27 @@ fn base_url(field: &str, url: &str) -> Result<String, RuleError> {
         return Err(rerr(field, "needs a host and no user info"));
     }
     Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// Host and port of a checked base URL.
+fn authority(base: &str) -> (String, u16) {
+    let https = base.to_ascii_lowercase().starts_with("https://");
+    let rest = &base[base.find("://").map_or(0, |i| i + 3)..];
+    let auth = rest.split('/').next().unwrap_or("");
+    let (host, port) = if let Some(v6) = auth.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').unwrap_or((v6, ""));
+        (h, after.strip_prefix(':'))
+    } else {
+        match auth.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (auth, None),
+        }
+    };
+    let default = if https { 443 } else { 80 };
+    (
+        host.to_ascii_lowercase(),
+        port.and_then(|p| p.parse().ok()).unwrap_or(default),
+    )
 }
 
 impl ProxyConfig {
@@ -381,12 +412,13 @@ impl ProxyConfig {
 impl OutboundConfig {
     /// Check and compile the processors.
     pub fn compile(&self) -> Result<Vec<CompiledProcessor>, RuleError> {
-        if self.listen.is_some() {
-            return Err(rerr(
-                "outbound.listen",
-                "the intercepting forward proxy is not available in this version; \
-                 send processor calls through the relay (`POST /relay/{processor}/…`)",
-            ));
+        for (i, t) in self.tunnel.iter().enumerate() {
+            let ok = t
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                return Err(rerr(format!("outbound.tunnel[{i}]"), "must be host:port"));
+            }
         }
         let mut names = std::collections::HashSet::new();
         self.processors
@@ -436,8 +468,11 @@ impl OutboundConfig {
                         }
                     }
                 }
+                let (host, port) = authority(&base);
                 Ok(CompiledProcessor {
                     cfg: p.clone(),
+                    host,
+                    port,
                     base,
                     selectors,
                     headers,
@@ -539,11 +574,17 @@ reveal = [{ form = "card[number]" }, { json = "$.source.cvc", reveal = "cvc" }, 
     }
 
     #[test]
-    fn forward_proxy_setting_says_it_is_not_available() {
+    fn authorities_and_tunnels() {
+        assert_eq!(
+            authority("https://API.example.com/v1"),
+            ("api.example.com".into(), 443)
+        );
+        assert_eq!(authority("http://a:8080"), ("a".into(), 8080));
+        assert_eq!(authority("https://[::1]:9443/x"), ("::1".into(), 9443));
         let o = OutboundConfig {
-            listen: Some("127.0.0.1:1".parse().unwrap()),
+            tunnel: vec!["nohost".into()],
             ..OutboundConfig::default()
         };
-        assert!(o.compile().unwrap_err().to_string().contains("relay"));
+        assert!(o.compile().unwrap_err().to_string().contains("host:port"));
     }
 }

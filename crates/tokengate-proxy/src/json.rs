@@ -114,11 +114,7 @@ pub type Visit<'v> = dyn FnMut(&[Seg], Range<usize>, Scalar) + 'v;
 /// Visit every scalar of a valid document, in order, with its path.
 /// `want_container` says for which paths an object/array should be reported
 /// as [`Scalar::Container`] (walking continues inside it either way).
-pub fn walk(
-    body: &[u8],
-    want_container: &dyn Fn(&[Seg]) -> bool,
-    visit: &mut Visit<'_>,
-) {
+pub fn walk(body: &[u8], want_container: &dyn Fn(&[Seg]) -> bool, visit: &mut Visit<'_>) {
     let mut w = Walker {
         b: body,
         i: 0,
@@ -161,11 +157,7 @@ impl Walker<'_> {
         start..self.i.min(self.b.len())
     }
 
-    fn value(
-        &mut self,
-        want: &dyn Fn(&[Seg]) -> bool,
-        visit: &mut Visit<'_>,
-    ) {
+    fn value(&mut self, want: &dyn Fn(&[Seg]) -> bool, visit: &mut Visit<'_>) {
         self.ws();
         let start = self.i;
         match self.peek() {

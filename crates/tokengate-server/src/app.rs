@@ -49,7 +49,7 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// `req_` + 12 hex digits of Unix ms + 12 random hex digits: sorts by time,
 /// so audit-index inserts append.
-fn new_request_id() -> Ident {
+pub(crate) fn new_request_id() -> Ident {
     let ms = tokengate_vault::clock::now_ms().max(0) as u64;
     let mut bytes = [0u8; 12];
     bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);

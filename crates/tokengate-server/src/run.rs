@@ -83,6 +83,8 @@ pub struct Running {
     pub http_addr: Option<SocketAddr>,
     /// The edge proxy's address, when `[proxy]` is configured.
     pub proxy_addr: Option<SocketAddr>,
+    /// The outbound forward proxy's address, when `[outbound] listen` is set.
+    pub forward_addr: Option<SocketAddr>,
     pub vault: Arc<Vault>,
     /// The certificates new handshakes get (swapped on reload).
     pub resolver: Arc<ReloadableResolver>,
@@ -135,7 +137,17 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         Some(p) => {
             let rules = crate::proxy::Rules::build(config).map_err(StartError::Proxy)?;
             let (listener, addr) = bind(p.listen).await?;
-            Some((listener, addr, p.tls, rules))
+            let forward = match config.outbound.listen {
+                Some(a) => {
+                    let ca = vault
+                        .outbound_ca(true)
+                        .await?
+                        .ok_or_else(|| StartError::Proxy("no outbound CA".into()))?;
+                    Some((bind(a).await?, ca))
+                }
+                None => None,
+            };
+            Some((listener, addr, p.tls, rules, forward))
         }
         None => None,
     };
@@ -210,10 +222,21 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let http_addr = http.as_ref().map(|(_, a)| *a);
-    let proxy_addr = proxy.as_ref().map(|(_, a, _, _)| *a);
+    let proxy_addr = proxy.as_ref().map(|(_, a, _, _, _)| *a);
+    let forward_addr = proxy
+        .as_ref()
+        .and_then(|(_, _, _, _, f)| f.as_ref().map(|((_, a), _)| *a));
     let mut proxy_reloader = None;
-    if let Some((listener, _, use_tls, rules)) = proxy {
+    if let Some((listener, _, use_tls, rules, forward)) = proxy {
         let pstate = crate::proxy::ProxyState::new(vault.clone(), rules);
+        if let Some(((flistener, _), ca)) = forward {
+            let fwd = crate::proxy::forward::Forward::new(pstate.clone(), ca);
+            tasks.push(tokio::spawn(crate::proxy::forward::serve(
+                flistener,
+                fwd,
+                stop_rx.clone(),
+            )));
+        }
         if let Some(file) = config.source_file.clone() {
             proxy_reloader = Some(tokio::spawn(crate::proxy::reload_loop(
                 pstate.clone(),
@@ -258,6 +281,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         addr,
         http_addr,
         proxy_addr,
+        forward_addr,
         vault,
         resolver,
         stop: Some(stop),

@@ -180,6 +180,8 @@ pub async fn init(opts: &InitOptions) -> Result<InitOutput, VaultError> {
             &CertActor::system(),
         )
         .await?;
+    // The CA the outbound forward proxy signs processor certificates with.
+    vault.outbound_ca(true).await?;
     vault.store().close().await;
 
     Ok(InitOutput {

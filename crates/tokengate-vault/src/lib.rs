@@ -20,6 +20,7 @@ pub mod error;
 pub mod init;
 pub mod lockout;
 mod open;
+pub mod outbound_ca;
 pub mod retention;
 pub mod sweeper;
 

@@ -67,10 +67,24 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+    /// The outbound CA that the forward proxy signs processor certificates with.
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
+    },
     /// Print the OpenAPI document.
     Openapi,
     /// Find card numbers in files, folders, archives, logs and databases (exit 0 none, 1 found, 2 error).
     Scan(tokengate_scan::ScanArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum CaCmd {
+    /// Print the outbound CA certificate (PEM) for the app to trust; made if missing.
+    Export {
+        #[arg(long, default_value = "./tokengate-data", env = "TOKENGATE_DATA_DIR")]
+        data_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -129,6 +143,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Domains(args) => Ok(certs::run_domains(args).await),
         // Handled in `main` before the runtime starts.
         Cmd::Scan(_) => Ok(ExitCode::from(2)),
+        Cmd::Ca {
+            cmd: CaCmd::Export { data_dir },
+        } => {
+            let mut cfg = Config::load(None, &ProcessEnv).unwrap_or_default();
+            cfg.data_dir = data_dir;
+            let vault = tokengate_server::run::open_vault(&cfg).await?;
+            let ca = vault
+                .outbound_ca(true)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no outbound CA"))?;
+            print!("{}", ca.cert_pem);
+            vault.store().close().await;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Openapi => {
             println!("{}", tokengate_server::openapi::json());
             Ok(ExitCode::SUCCESS)
@@ -193,6 +221,9 @@ async fn serve(
             "http"
         };
         println!("tokengate proxy listening on {scheme}://{proxy}");
+    }
+    if let Some(fwd) = running.forward_addr {
+        println!("tokengate outbound proxy listening on http://{fwd}");
     }
     println!("tokengate listening on https://{}", running.addr);
     let _ = std::io::stdout().flush();

@@ -623,3 +623,137 @@ fn url_pairs(body: &str) -> Vec<(String, String)> {
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
 }
+
+/// The forward proxy: the app uses tokengate as its HTTPS proxy and trusts
+/// the outbound CA; calls to a configured processor are intercepted, tokens
+/// become card numbers; anything else is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_proxy_intercepts_tls_toward_processors_only() {
+    let dir = test_dir("proxy-fwd-");
+    let data = dir.join("data");
+    let admin = init(&data);
+    let app_log: Log = Arc::default();
+    let proc_log: Log = Arc::default();
+    let app = spawn_app(app_log.clone()).await;
+    let (proc_addr, ca) = spawn_processor(proc_log.clone(), &dir).await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let extra = "[outbound]\nlisten = \"127.0.0.1:0\"\ntunnel = [\"localhost:1\"]\n";
+    let cfg_file = dir.join("tokengate.toml");
+    // `[outbound]` must come before the array tables that extend it.
+    let text = config(app, dead, proc_addr.port(), &ca, "");
+    let text = text.replacen(
+        "[[outbound.processors]]",
+        &format!("{extra}\n[[outbound.processors]]"),
+        1,
+    );
+    std::fs::write(&cfg_file, text).unwrap();
+    let server = Server::start_with(
+        &data,
+        &dir.join("server.log"),
+        &[],
+        &["--config", cfg_file.to_str().unwrap()],
+    );
+    let forward = server
+        .forward
+        .clone()
+        .expect("forward proxy address printed");
+    let c = client();
+    let base = server.base.clone();
+    let revealer = new_key(&c, &base, &admin, &["reveal"]).await;
+    let relay_key = new_key(&c, &base, &admin, &["relay"]).await;
+    let tokenizer = new_key(&c, &base, &admin, &["tokenize"]).await;
+    let v: Value = c
+        .post(format!("{base}/v1/tokens"))
+        .bearer_auth(&tokenizer)
+        .json(&json!({"card": {"number": PAN, "exp_month": 12, "exp_year": 2035}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = v["token"].as_str().unwrap().to_owned();
+
+    let out = bin()
+        .args(["ca", "export", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let ca_pem = String::from_utf8(out.stdout).unwrap();
+    assert!(ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    let app_client = |key: Option<&str>| {
+        let mut proxy = reqwest::Proxy::all(&forward).unwrap();
+        if let Some(k) = key {
+            proxy = proxy.basic_auth("app", k);
+        }
+        reqwest::Client::builder()
+            .proxy(proxy)
+            .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
+            .build()
+            .unwrap()
+    };
+
+    let r = app_client(Some(&relay_key))
+        .post(format!("https://localhost:{}/charges", proc_addr.port()))
+        .header("authorization", "Bearer sk_processor")
+        .json(&json!({"amount": 5, "source": {"number": token}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let answer: Value = r.json().await.unwrap();
+    let seen = proc_log.lock().unwrap().last().cloned().unwrap();
+    let sent: Value = serde_json::from_str(&seen.body).unwrap();
+    assert_eq!(
+        sent["source"]["number"], PAN,
+        "the processor gets the card number"
+    );
+    assert_eq!(seen.headers["authorization"], "Bearer sk_processor");
+    let echoed = answer["source"]["number"].as_str().unwrap();
+    assert!(is_token(echoed), "{answer}");
+    assert_eq!(
+        reveal(&c, &base, &revealer, echoed).await["card"]["number"],
+        PAN_PROC
+    );
+
+    // Refusals: no key (407), a host that is not a processor, a tunnel to a
+    // non-public address, plain HTTP — none reach anything.
+    let processed = proc_log.lock().unwrap().len();
+    let r = app_client(None)
+        .get(format!("https://localhost:{}/charges", proc_addr.port()))
+        .send()
+        .await;
+    assert!(r.is_err(), "CONNECT without credentials must fail");
+    for url in [
+        format!("https://127.0.0.1:{}/charges", proc_addr.port()),
+        "https://localhost:1/".to_owned(),
+        format!("http://{app}/plain"),
+    ] {
+        let r = app_client(Some(&relay_key)).get(&url).send().await;
+        match r {
+            Err(_) => {}
+            Ok(resp) => assert_eq!(resp.status(), 403, "{url}"),
+        }
+    }
+    assert_eq!(proc_log.lock().unwrap().len(), processed);
+    assert!(
+        app_log.lock().unwrap().is_empty(),
+        "plain HTTP went through"
+    );
+    let v: Value = c
+        .get(format!("{base}/v1/audit/events?action=egress_denied"))
+        .bearer_auth(new_key(&c, &base, &admin, &["auditor"]).await)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["events"].as_array().unwrap().len(), 3, "{v}");
+    drop(server);
+    assert_absent(&dir, &[PAN, PAN_PROC].map(str::to_owned));
+}

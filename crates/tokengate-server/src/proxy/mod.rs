@@ -5,6 +5,8 @@
 //!   alerted on) before the request is forwarded to the app.
 //! - [`relay`]: `POST /relay/{processor}/…`. The app sends tokens; the
 //!   processor, and only a configured processor, receives card numbers.
+//! - [`forward`]: the same toward processors for apps that use an HTTPS
+//!   proxy (`CONNECT`, TLS interception with the outbound CA).
 //! - [`cards`]: turning body hits into tokens or card numbers through the
 //!   vault, with the policies of a route.
 //! - [`upstream`]: HTTP clients for apps and processors (TLS roots, mTLS,
@@ -15,6 +17,7 @@
 //! why.
 
 pub mod cards;
+pub mod forward;
 pub mod inbound;
 pub mod relay;
 pub mod upstream;
@@ -58,6 +61,8 @@ pub struct Rules {
     pub max_body: usize,
     pub timeout: Duration,
     pub relay_timeout: Duration,
+    /// `host:port` the forward proxy may tunnel untouched.
+    pub tunnels: Vec<String>,
 }
 
 impl Rules {
@@ -98,6 +103,7 @@ impl Rules {
             max_body: proxy.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
             timeout,
             relay_timeout,
+            tunnels: config.outbound.tunnel.clone(),
         })
     }
 }

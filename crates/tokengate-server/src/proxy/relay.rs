@@ -68,7 +68,12 @@ pub async fn relay(
     resp
 }
 
-async fn deny(state: &ProxyState, caller: &Caller, detail: &str, message: String) -> ApiError {
+pub(crate) async fn deny(
+    state: &ProxyState,
+    caller: &Caller,
+    detail: &str,
+    message: String,
+) -> ApiError {
     if state
         .vault
         .record_edge_event(
@@ -187,12 +192,27 @@ async fn forward(
     req: Request,
 ) -> Result<Response, ApiError> {
     let p = &live.processor;
-    identity_only(req.headers())?;
     let mut url = format!("{}/{}", p.base, rest.trim_start_matches('/'));
     if let Some(q) = req.uri().query() {
         url.push('?');
         url.push_str(q);
     }
+    send_to_processor(state, rules, live, caller, url, req).await
+}
+
+/// Send `req` to `url` at processor `live`: reveal rules applied to its
+/// headers and body, card numbers in the answer tokenized. Shared by the
+/// relay and the intercepting forward proxy.
+pub async fn send_to_processor(
+    state: &ProxyState,
+    rules: &crate::proxy::Rules,
+    live: &LiveProcessor,
+    caller: &Caller,
+    url: String,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let p = &live.processor;
+    identity_only(req.headers())?;
     let method = req.method().clone();
     let mut headers =
         upstream::forward_headers(req.headers(), &["x-forwarded-for", "x-forwarded-host"]);

@@ -57,6 +57,8 @@ pub struct Server {
     pub base: String,
     /// The edge proxy's base URL, when `[proxy]` is configured.
     pub proxy: Option<String>,
+    /// The outbound forward proxy's URL, when `[outbound] listen` is set.
+    pub forward: Option<String>,
 }
 
 impl Server {
@@ -85,11 +87,15 @@ impl Server {
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let mut proxy = None;
+        let mut forward = None;
         let base = loop {
             let line = lines
                 .next()
                 .expect("server exited before listening")
                 .unwrap();
+            if let Some(addr) = line.strip_prefix("tokengate outbound proxy listening on ") {
+                forward = Some(addr.trim().to_owned());
+            }
             if let Some(addr) = line.strip_prefix("tokengate proxy listening on ") {
                 proxy = Some(addr.trim().to_owned());
             }
@@ -99,7 +105,12 @@ impl Server {
         };
         // Keep draining stdout so the server never blocks on it.
         std::thread::spawn(move || for _ in lines {});
-        Server { child, base, proxy }
+        Server {
+            child,
+            base,
+            proxy,
+            forward,
+        }
     }
 
     pub fn kill9(&mut self) {
