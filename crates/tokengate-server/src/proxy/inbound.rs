@@ -296,25 +296,35 @@ async fn forward(
     let timeout = cfg
         .timeout_ms
         .map_or(rules.timeout, std::time::Duration::from_millis);
+    let mut out = axum::http::Request::new(Body::from(new_body));
+    *out.method_mut() = method;
+    *out.uri_mut() = url.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            "the request path cannot be forwarded",
+        )
+    })?;
+    *out.headers_mut() = headers;
     let started = Instant::now();
-    let sent = live
-        .client
-        .request(method, &url)
-        .headers(headers)
-        .body(new_body)
-        .timeout(timeout)
-        .send()
-        .await;
+    let sent = tokio::time::timeout(timeout, live.client.request(out)).await;
     metrics::histogram!("tokengate_proxy_upstream_seconds", "route" => cfg.name.clone())
         .record(started.elapsed().as_secs_f64());
     let upstream_resp = match sent {
-        Ok(r) => r,
-        Err(e) => return Err(upstream_failure(state, &caller, &cfg.name, &e, "app").await),
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::warn!(route = %cfg.name, error = %e, "proxy upstream failure");
+            return Err(upstream_failure(state, &caller, &cfg.name, false, "app").await);
+        }
+        Err(_) => return Err(upstream_failure(state, &caller, &cfg.name, true, "app").await),
     };
+    let (parts, body) = upstream_resp.into_parts();
     relay_response(
         state,
         &caller,
-        upstream_resp,
+        parts.status,
+        &parts.headers,
+        Body::new(body),
         cfg.response.safety_net,
         "app's response",
         timeout,
@@ -327,10 +337,10 @@ pub async fn upstream_failure(
     state: &ProxyState,
     caller: &Caller,
     name: &str,
-    e: &reqwest::Error,
+    timed_out: bool,
     what: &str,
 ) -> ApiError {
-    let (status, code, message) = if e.is_timeout() {
+    let (status, code, message) = if timed_out {
         (
             StatusCode::GATEWAY_TIMEOUT,
             "upstream_timeout",
@@ -343,7 +353,7 @@ pub async fn upstream_failure(
             format!("the {what} could not be reached"),
         )
     };
-    tracing::warn!(route = name, code, error = %e, "proxy upstream failure");
+    tracing::warn!(route = name, code, "proxy upstream failure");
     if state
         .vault
         .record_edge_event(
@@ -364,18 +374,20 @@ pub async fn upstream_failure(
 /// The upstream's answer as our response: streamed through unless card data
 /// must be looked for, in which case it is read (bounded), scrubbed by
 /// `policy`, and sent with its new length.
+#[allow(clippy::too_many_arguments)]
 pub async fn relay_response(
     state: &ProxyState,
     caller: &Caller,
-    resp: reqwest::Response,
+    status: StatusCode,
+    upstream_headers: &HeaderMap,
+    body: Body,
     policy: SafetyNet,
     place: &str,
     timeout: std::time::Duration,
 ) -> Result<Response, ApiError> {
-    let status = resp.status();
-    let headers = upstream::forward_headers(resp.headers(), &[]);
+    let headers = upstream::forward_headers(upstream_headers, &[]);
     let mut out = if policy == SafetyNet::Off {
-        Response::new(Body::from_stream(resp.bytes_stream()))
+        Response::new(body)
     } else {
         identity_only(&headers).map_err(|_| {
             ApiError::new(
@@ -385,7 +397,7 @@ pub async fn relay_response(
             )
         })?;
         let kind = kind_of(&headers);
-        let bytes = tokio::time::timeout(timeout, resp.bytes())
+        let bytes = tokio::time::timeout(timeout, axum::body::to_bytes(body, 64 * 1024 * 1024))
             .await
             .map_err(|_| {
                 ApiError::new(
@@ -413,7 +425,7 @@ pub async fn relay_response(
         };
         Response::new(Body::from(bytes))
     };
-    *out.status_mut() = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    *out.status_mut() = status;
     *out.headers_mut() = headers;
     Ok(out)
 }

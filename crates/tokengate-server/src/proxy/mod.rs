@@ -43,7 +43,7 @@ pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 #[derive(Debug)]
 pub struct LiveRoute {
     pub route: Route,
-    pub client: reqwest::Client,
+    pub client: upstream::AppClient,
 }
 
 /// One processor with its HTTP client.

@@ -289,7 +289,12 @@ pub async fn send_to_processor(
             )
             .await);
         }
-        Err(e) => return Err(upstream_failure(state, caller, &p.cfg.name, &e, "processor").await),
+        Err(e) => {
+            tracing::warn!(processor = %p.cfg.name, error = %e, "processor call failed");
+            return Err(
+                upstream_failure(state, caller, &p.cfg.name, e.is_timeout(), "processor").await,
+            );
+        }
     };
     let policy = if p.cfg.tokenize_response {
         SafetyNet::Tokenize
@@ -301,10 +306,15 @@ pub async fn send_to_processor(
         roles: vec![Role::Tokenize],
         ..caller.clone()
     };
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = axum::body::Body::from_stream(resp.bytes_stream());
     relay_response(
         state,
         &scrubber,
-        resp,
+        status,
+        &headers,
+        body,
         policy,
         "processor's response",
         rules.relay_timeout,

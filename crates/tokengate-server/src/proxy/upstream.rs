@@ -27,17 +27,35 @@ fn builder(tls: Arc<rustls::ClientConfig>) -> reqwest::ClientBuilder {
         .pool_max_idle_per_host(256)
 }
 
+/// The HTTP client toward an inbound route's app: hyper's pooled client
+/// over plain TCP or rustls (the app is configured, not chosen by the
+/// caller, so no egress filtering; requests are built from a parsed base).
+pub type AppClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    axum::body::Body,
+>;
+
 /// The client for one inbound route's app.
-pub fn app_client(route: &Route) -> Result<reqwest::Client, String> {
+pub fn app_client(route: &Route) -> Result<AppClient, String> {
     let tls = client_tls_from(
         route.cfg.upstream_ca_file.as_deref(),
         route.cfg.upstream_client_cert.as_deref(),
         route.cfg.upstream_client_key.as_deref(),
     )
     .map_err(|e| format!("proxy route {}: {e}", route.cfg.name))?;
-    builder(tls)
-        .build()
-        .map_err(|e| format!("proxy route {}: {e}", route.cfg.name))
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*tls).clone())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(256)
+            .build(https),
+    )
 }
 
 /// The client for one processor.
