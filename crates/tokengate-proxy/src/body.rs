@@ -279,8 +279,9 @@ fn scan_json(
     Ok(hits)
 }
 
-/// Decode one urlencoded name or value (`+` is a space).
-fn decode(raw: &[u8]) -> Zeroizing<String> {
+/// Decode one urlencoded name or value (`+` is a space; invalid escapes
+/// are kept as they are).
+pub fn decode_form_component(raw: &[u8]) -> Zeroizing<String> {
     let plus: Vec<u8> = raw
         .iter()
         .map(|&b| if b == b'+' { b' ' } else { b })
@@ -320,8 +321,8 @@ fn scan_form(body: &[u8], selectors: &[Selector], net: Option<&Detector>) -> Vec
             Some(i) => (&pair[..i], pair_start + i + 1..end),
             None => (pair, end..end),
         };
-        let name = decode(name_raw);
-        let value = decode(&body[value_range.clone()]);
+        let name = decode_form_component(name_raw);
+        let value = decode_form_component(&body[value_range.clone()]);
         let group = form_group(&name);
         if let Some(rule) = select_form(selectors, &name) {
             let len = value.len();

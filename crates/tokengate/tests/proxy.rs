@@ -392,6 +392,26 @@ async fn edge_proxy_keeps_card_numbers_out_of_the_app() {
             assert!(!text.contains(pan), "error echoes a card number: {text}");
         }
     }
+    // Card numbers in the URL (also percent-encoded) or a header.
+    for (url, header, code) in [
+        (format!("{proxy}/checkout/pay?card={PAN_STRAY}"), None, "card_data_in_url"),
+        (
+            format!("{proxy}/checkout/pay?card=%34{}", &PAN_STRAY[1..]),
+            None,
+            "card_data_in_url",
+        ),
+        (format!("{proxy}/checkout/{PAN_STRAY}"), None, "card_data_in_url"),
+        (format!("{proxy}/checkout/pay"), Some(PAN_STRAY), "card_data_in_header"),
+    ] {
+        let mut rq = c.get(&url);
+        if let Some(h) = header {
+            rq = rq.header("x-card", h);
+        }
+        let r = rq.send().await.unwrap();
+        assert_eq!(r.status(), 422, "{code}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], code);
+    }
     let r = c
         .post(format!("{proxy}/checkout/pay"))
         .header("content-type", "application/json")
@@ -512,6 +532,21 @@ async fn edge_proxy_keeps_card_numbers_out_of_the_app() {
         "{details:?}"
     );
 
+    // Dot segments could climb out of the processor's base path. HTTP
+    // clients normalise them away, so send the request line as is.
+    let hostport = proxy.trim_start_matches("https://").to_owned();
+    for path in ["/relay/acquirer/v1/%2e%2e/admin", "/relay/acquirer/./x", "/relay/acquirer/a/../b"] {
+        let raw = raw_https(
+            &hostport,
+            &format!(
+                "POST {path} HTTP/1.1\r\nHost: localhost\r\nProxy-Authorization: Bearer {relay_key}\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
+        );
+        assert!(raw.starts_with("HTTP/1.1 400"), "{path}: {raw}");
+        assert!(raw.contains("invalid_path"), "{raw}");
+    }
+
     // Egress: unknown processor, private address without allow_private,
     // a key without the relay role.
     let processed = proc_log.lock().unwrap().len();
@@ -616,6 +651,27 @@ async fn edge_proxy_keeps_card_numbers_out_of_the_app() {
         &dir,
         &[PAN, PAN_FORM, PAN_STRAY, PAN_PROC, PAN_MULTI].map(str::to_owned),
     );
+}
+
+/// Send `request` as is over TLS (`openssl s_client`, Debian package
+/// `openssl`) and return what came back.
+fn raw_https(hostport: &str, request: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", hostport, "-servername", "localhost"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl must be installed");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn url_pairs(body: &str) -> Vec<(String, String)> {

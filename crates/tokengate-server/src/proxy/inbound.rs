@@ -258,6 +258,9 @@ async fn forward(
     let mut headers = upstream::forward_headers(req.headers(), &[]);
     let original_host = req.headers().get(header::HOST).cloned();
     let kind = kind_of(req.headers());
+    if let Some(found) = card_in_url_or_headers(&state.net, &req) {
+        refuse_url_or_header(state, &caller, cfg.safety_net, found).await?;
+    }
     let limit = cfg.max_body_bytes.unwrap_or(rules.max_body);
     let body = read_body(req.into_body(), limit).await?;
     let new_body = if body.is_empty() {
@@ -330,6 +333,72 @@ async fn forward(
         timeout,
     )
     .await
+}
+
+/// Card numbers in the path, query or a header value cannot be replaced
+/// (they end up in access logs, caches and browser history): which place
+/// holds one, if any (error code, place).
+fn card_in_url_or_headers(
+    net: &tokengate_proxy::Detector,
+    req: &Request,
+) -> Option<(&'static str, &'static str)> {
+    let target = req.uri().path_and_query().map_or("", |p| p.as_str());
+    // Percent-encoded digits must not hide a number.
+    let decoded = tokengate_proxy::body::decode_form_component(target.as_bytes());
+    if net.is_match(target.as_bytes()) || net.is_match(decoded.as_bytes()) {
+        return Some(("card_data_in_url", "URL"));
+    }
+    req.headers()
+        .values()
+        .any(|v| net.is_match(v.as_bytes()))
+        .then_some(("card_data_in_header", "request headers"))
+}
+
+/// Refuse (422) or, with the `alert` safety net, only alert on a card
+/// number in the URL or headers.
+async fn refuse_url_or_header(
+    state: &ProxyState,
+    caller: &Caller,
+    policy: SafetyNet,
+    (code, where_): (&'static str, &'static str),
+) -> Result<(), ApiError> {
+    let detail = format!("safety_net place={where_}");
+    if policy == SafetyNet::Alert {
+        return state
+            .vault
+            .record_edge_event(
+                Action::Alert,
+                code,
+                caller.key_id.as_str(),
+                &caller.meta,
+                &format!("kind={code} actor={}", caller.key_id.as_str()),
+            )
+            .await
+            .map_err(ApiError::from);
+    }
+    if state
+        .vault
+        .record_edge_event(
+            Action::ProxyReject,
+            code,
+            caller.key_id.as_str(),
+            &caller.meta,
+            &detail,
+        )
+        .await
+        .is_err()
+    {
+        return Err(ApiError::from(
+            tokengate_vault::VaultError::AuditUnavailable,
+        ));
+    }
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        code,
+        format!(
+            "the {where_} hold something that looks like a card number; send card numbers only in the request body's configured fields"
+        ),
+    ))
 }
 
 /// 502/504 for a failed upstream call, with an audit record.

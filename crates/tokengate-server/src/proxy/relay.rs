@@ -38,7 +38,15 @@ pub async fn relay(
     req: Request,
 ) -> Response {
     let name = params.get("processor").cloned().unwrap_or_default();
-    let rest = params.get("rest").cloned().unwrap_or_default();
+    // The path after the processor name, as sent (not percent-decoded, so
+    // that an encoded `/` or `?` stays what it was).
+    let rest = req
+        .uri()
+        .path()
+        .strip_prefix("/relay/")
+        .and_then(|r| r.split_once('/'))
+        .map_or("", |(_, rest)| rest)
+        .to_owned();
     let started = Instant::now();
     let label = if tokengate_proxy::config::valid_name(&name) {
         name.clone()
@@ -106,6 +114,18 @@ async fn run(
     rest: &str,
     req: Request,
 ) -> Result<Response, ApiError> {
+    // Dot segments (also percent-encoded) could climb out of the
+    // processor's base path.
+    if rest.split('/').any(|seg| {
+        let d = tokengate_proxy::body::decode_form_component(seg.as_bytes());
+        d.as_str() == "." || d.as_str() == ".."
+    }) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            "the relay path may not contain `.` or `..` segments",
+        ));
+    }
     let meta = req
         .extensions()
         .get::<RequestMeta>()
