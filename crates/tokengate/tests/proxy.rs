@@ -153,6 +153,15 @@ safety_net = "tokenize"
 fields = [{{ json = "$.items[*].pan", action = "tokenize" }}, {{ form = "pan", action = "tokenize" }}]
 
 [[proxy.inbound]]
+name = "tlsapp"
+path_prefix = "/secure"
+strip_prefix = true
+upstream = "https://localhost:{proc_port}"
+upstream_ca_file = "{ca}"
+response = {{ safety_net = "tokenize" }}
+fields = [{{ json = "$.pan", action = "tokenize" }}]
+
+[[proxy.inbound]]
 name = "down"
 path_prefix = "/down"
 upstream = "http://{dead}"
@@ -329,6 +338,29 @@ async fn edge_proxy_keeps_card_numbers_out_of_the_app() {
     assert!(!seen.body.contains(PAN_MULTI));
     assert!(seen.body.contains("\r\n\r\nthanks\r\n"), "{}", seen.body);
     assert!(seen.body.contains("\r\n\r\ntok_"), "{}", seen.body);
+
+    // --- An app over HTTPS (its own CA), prefix stripped, and card numbers
+    //     in its answer tokenized on the way back.
+    let r = c
+        .post(format!("{proxy}/secure/charges"))
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"pan": "{PAN_MULTI}"}}"#))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let answer: Value = r.json().await.unwrap();
+    let seen = proc_log.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(seen.path, "/charges");
+    let sent: Value = serde_json::from_str(&seen.body).unwrap();
+    assert!(is_token(sent["pan"].as_str().unwrap()), "{sent}");
+    let back = answer["source"]["number"].as_str().unwrap();
+    assert!(is_token(back), "the app's answer was scrubbed: {answer}");
+    assert_eq!(
+        reveal(&c, &base, &revealer, back).await["card"]["number"],
+        PAN_PROC
+    );
+    proc_log.lock().unwrap().clear();
 
     // --- Refusals happen before the app: the app's log does not grow.
     let before = app_log.lock().unwrap().len();
