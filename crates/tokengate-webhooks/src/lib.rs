@@ -420,12 +420,10 @@ impl Verifier {
                 .ok_or_else(|| VerifyError::Malformed(H.into()))?;
             match k {
                 "t" => ts = Some(parse_ts(H, v)?),
-                "v1" => {
-                    if sigs.len() < MAX_SIGNATURES {
-                        // A wrong-length or non-hex entry simply cannot match.
-                        if let Ok(b) = HEXLOWER_PERMISSIVE.decode(v.as_bytes()) {
-                            sigs.push(b);
-                        }
+                // A wrong-length or non-hex entry simply cannot match.
+                "v1" if sigs.len() < MAX_SIGNATURES => {
+                    if let Ok(b) = HEXLOWER_PERMISSIVE.decode(v.as_bytes()) {
+                        sigs.push(b);
                     }
                 }
                 _ => {} // v0 and future schemes are ignored
