@@ -123,6 +123,13 @@ pub enum Action {
     Lockout,
     /// Audit records past retention archived and deleted.
     AuditPrune,
+    /// A webhook was refused (bad signature, stale or future timestamp,
+    /// unknown source, replay of a stored event, card data it cannot mask).
+    WebhookReject,
+    /// A webhook event was dead-lettered for a delivery target.
+    WebhookDeadLetter,
+    /// Dead-lettered webhook events were queued again (`webhooks dlq replay`).
+    WebhookReplay,
 }
 
 impl Action {
@@ -157,6 +164,9 @@ impl Action {
             Action::Alert => "alert",
             Action::Lockout => "lockout",
             Action::AuditPrune => "audit_prune",
+            Action::WebhookReject => "webhook_reject",
+            Action::WebhookDeadLetter => "webhook_dead_letter",
+            Action::WebhookReplay => "webhook_replay",
         }
     }
 }

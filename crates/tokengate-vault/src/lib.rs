@@ -22,6 +22,7 @@ pub mod lockout;
 mod open;
 pub mod retention;
 pub mod sweeper;
+pub mod webhooks;
 
 pub use access::{ApiKeyInfo, Caller, NewApiKey, RequestMeta, Role};
 pub use acme::{AcmeOutcome, AcmeStatus, acme_cert_name, renewal_time};

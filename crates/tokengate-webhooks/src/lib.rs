@@ -697,3 +697,5 @@ pub fn stripe_event_id(body: &[u8]) -> Option<String> {
 
 #[cfg(test)]
 mod tests;
+
+pub mod scrub;
