@@ -91,6 +91,9 @@ pub struct Config {
     pub reveal_alert_per_minute: u32,
     /// `[audit]` section: `[[audit.drains]]` (see `drain::DrainConfig`).
     pub audit: AuditSection,
+    /// `[webhooks]` section: `[[webhooks.sources]]`, `[webhooks.deliver]`,
+    /// `[webhooks.nats]` (see `webhooks::config`).
+    pub webhooks: crate::webhooks::config::WebhooksSection,
     pub log_format: LogFormat,
     /// Replaced by the certificate store (`tokengate certs add`); setting
     /// either is a configuration error that says so.
@@ -181,6 +184,7 @@ impl Default for Config {
             audit_checkpoint_records: 10_000,
             audit_hmac_fields: Vec::new(),
             audit: AuditSection::default(),
+            webhooks: crate::webhooks::config::WebhooksSection::default(),
             audit_retention_days: 400,
             alert_webhook_url: None,
             alert_webhook_ca_file: None,
@@ -509,6 +513,7 @@ impl Config {
                 ));
             }
         }
+        self.webhooks.validate().map_err(|(f, m)| cerr(&f, m))?;
         if !(1..=3600).contains(&self.audit_checkpoint_secs) {
             return Err(cerr("audit_checkpoint_secs", "must be 1-3600"));
         }

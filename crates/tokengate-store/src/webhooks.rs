@@ -162,20 +162,23 @@ fn event_row(r: &AnyRow) -> Result<WebhookEventRow, StoreError> {
 }
 
 impl Store {
-    /// Events whose `target` state is `pending`, oldest first, after `after_seq`.
+    /// Events whose `target` state is `pending` (of one source, or all),
+    /// oldest first, after `after_seq`.
     pub async fn webhook_pending(
         &self,
         target: WebhookTarget,
+        source: Option<&str>,
         after_seq: u64,
         limit: i64,
     ) -> Result<Vec<WebhookEventRow>, StoreError> {
         let sql = format!(
             "SELECT {COLUMNS} FROM webhook_events WHERE {c}_state = 'pending' AND seq > $1 \
-             ORDER BY seq LIMIT $2",
+             AND ($2 IS NULL OR source = $2) ORDER BY seq LIMIT $3",
             c = col(target)
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(i(after_seq))
+            .bind(source)
             .bind(limit)
             .fetch_all(self.pool())
             .await?;

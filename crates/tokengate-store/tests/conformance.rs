@@ -971,7 +971,7 @@ async fn webhook_outbox(store: &Store) {
         .await,
         1
     );
-    let pending = store.webhook_pending(App, 0, 100).await.unwrap();
+    let pending = store.webhook_pending(App, None, 0, 100).await.unwrap();
     assert_eq!(
         pending
             .iter()
@@ -981,14 +981,31 @@ async fn webhook_outbox(store: &Store) {
         "oldest first"
     );
     assert!(pending.windows(2).all(|w| w[0].seq < w[1].seq));
+    let std_only = store
+        .webhook_pending(App, Some("std"), 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(std_only.len(), 1);
+    assert_eq!(std_only[0].source, "std");
     let first = &pending[0];
     assert_eq!(first.payload, br#"{"id":"evt_1"}"#);
     assert_eq!(first.received_at, 10, "the duplicate did not overwrite it");
     assert_eq!(first.app.state, "pending");
-    assert_eq!(store.webhook_pending(Nats, 0, 100).await.unwrap().len(), 2);
+    assert_eq!(
+        store
+            .webhook_pending(Nats, None, 0, 100)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
     let (s1, s2, s3) = (pending[0].seq, pending[1].seq, pending[2].seq);
     assert_eq!(
-        store.webhook_pending(App, s1, 100).await.unwrap().len(),
+        store
+            .webhook_pending(App, None, s1, 100)
+            .await
+            .unwrap()
+            .len(),
         2,
         "after_seq"
     );
@@ -1064,7 +1081,14 @@ async fn webhook_outbox(store: &Store) {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].seq, s2);
     assert_eq!(dead[0].app.last_error.as_deref(), Some("http 410"));
-    assert_eq!(store.webhook_pending(App, 0, 100).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .webhook_pending(App, None, 0, 100)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 
     // Replay puts it back with a fresh count.
     assert_eq!(

@@ -175,3 +175,37 @@ impl Vault {
         .await
     }
 }
+
+impl Vault {
+    /// Turn delivery to `target` off (`Some(reason)`, e.g. the app answered
+    /// 410 Gone) or back on (`None`). Kept across restarts.
+    pub async fn webhook_set_disabled(
+        &self,
+        target: WebhookTarget,
+        reason: Option<&str>,
+    ) -> Result<(), VaultError> {
+        self.webhook_job(Job {
+            ops: vec![Op::SetMeta {
+                key: format!("webhooks.{}.disabled", target.as_str()),
+                value: reason
+                    .map(|r| SafeText::new(r).as_str().to_owned())
+                    .unwrap_or_default(),
+            }],
+            ..Job::default()
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Why delivery to `target` is off, if it is.
+    pub async fn webhook_disabled(
+        &self,
+        target: WebhookTarget,
+    ) -> Result<Option<String>, VaultError> {
+        Ok(self
+            .store
+            .meta(&format!("webhooks.{}.disabled", target.as_str()))
+            .await?
+            .filter(|v| !v.is_empty()))
+    }
+}

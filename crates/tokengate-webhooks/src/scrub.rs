@@ -94,12 +94,19 @@ mod tests {
 
     #[test]
     fn pointers() {
-        let mut v: Value = serde_json::from_str(r#"{"card":{"number":"4111111111111111"}}"#).unwrap();
-        assert_eq!(card_at(&v, "/card/number").as_deref(), Some("4111111111111111"));
+        let mut v: Value =
+            serde_json::from_str(r#"{"card":{"number":"4111111111111111"}}"#).unwrap();
+        assert_eq!(
+            card_at(&v, "/card/number").as_deref(),
+            Some("4111111111111111")
+        );
         assert!(replace_at(&mut v, "/card/number", "tok_1"));
         assert_eq!(v["card"]["number"], "tok_1");
         assert!(!replace_at(&mut v, "/card/cvc", "x"));
-        assert_eq!(mask_text("pan=4111 1111 1111 1111").as_deref(), Some("pan=**** **** **** 1111"));
+        assert_eq!(
+            mask_text("pan=4111 1111 1111 1111").as_deref(),
+            Some("pan=**** **** **** 1111")
+        );
         assert_eq!(mask_text("nothing"), None);
     }
 }
