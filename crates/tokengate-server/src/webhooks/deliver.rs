@@ -248,9 +248,12 @@ async fn step(
                     .increment(1);
                 return Ok(true);
             }
-            let delay = after_ms
-                .unwrap_or_else(|| backoff_ms(attempts, t.policy.base_ms, t.policy.max_ms))
-                .min(t.policy.max_ms);
+            // Retry-After is honoured as given (up to a day); otherwise
+            // exponential backoff capped at the configured maximum.
+            let delay = match after_ms {
+                Some(a) => a.min(86_400_000),
+                None => backoff_ms(attempts, t.policy.base_ms, t.policy.max_ms),
+            };
             let next_at = tokengate_vault::clock::now_ms()
                 .saturating_add(i64::try_from(delay).unwrap_or(i64::MAX));
             tracing::info!(target = label, source = %row.source, seq = row.seq, %error, delay_ms = delay, "webhook delivery failed; will retry");
