@@ -424,7 +424,6 @@ fn check_retry(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::config::Config;
     use std::collections::HashMap;
 
