@@ -51,9 +51,23 @@ export WH_SIG
 # One request by hand: must be stored.
 curl -sk "$BASE/webhooks/bench" -H "X-Signature: $WH_SIG" -H "X-Timestamp: $WH_TS" \
   -H "X-Event-Id: probe" -H 'Content-Type: application/json' --data-binary @"$WH_BODY"; echo
-echo "== healthz"; wrk -t2 -c"$CONN" -d"${DUR}s" --latency "$BASE/healthz"
-echo "== webhooks"; wrk -t2 -c"$CONN" -d"${DUR}s" --latency -s bench/webhook.lua "$BASE"
-echo "== healthz (again)"; wrk -t2 -c"$CONN" -d"${DUR}s" --latency "$BASE/healthz"
+# Server CPU (user+system) per completed request, from /proc.
+TICK=$(getconf CLK_TCK)
+cpu() { awk '{print $14+$15}' "/proc/$PID/stat"; }
+run() {
+  local name=$1; shift
+  local c0 c1 out
+  c0=$(cpu)
+  out=$(wrk -t2 -c"$CONN" -d"${DUR}s" --latency "$@")
+  c1=$(cpu)
+  echo "== $name"; echo "$out"
+  echo "$out" | awk -v d=$((c1 - c0)) -v t="$TICK" '/requests in/{printf "server CPU per request: %.0f us\n", d / t * 1e6 / $1}'
+}
+run healthz "$BASE/healthz"
+run webhooks -s bench/webhook.lua "$BASE"
+run "healthz (again)" "$BASE/healthz"
+# Group-commit batch sizes and times, and WAL fsync times, over the run.
+curl -sk "$BASE/metrics" | grep -E '^tokengate_store_(commit|wal|batch)[a-z_]*(\{quantile="0.5"\}|\{quantile="0.99"\}|_count)' || true
 kill $PID; wait $PID 2>/dev/null || true
 python3 - "$WORK/data/tokengate.db" <<'PY'
 import sqlite3, sys
