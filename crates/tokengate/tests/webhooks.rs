@@ -180,6 +180,12 @@ max_body_bytes = 4096
 number = "/card/number"
 exp_month = "/card/exp_month"
 exp_year = "/card/exp_year"
+
+[[webhooks.sources]]
+name = "limited"
+kind = "standard"
+secrets = ["{STD_SECRET}"]
+rate_limit_per_sec = 2
 "#
     );
     if let Some(a) = deliver {
@@ -415,6 +421,28 @@ async fn verification_idempotency_and_audited_refusals() {
     assert_eq!((s, code(&v)), (413, "payload_too_large"));
     let (s, v) = tg.post("nope", &[], b"{}").await;
     assert_eq!((s, code(&v)), (404, "unknown_webhook_source"));
+    // Per-source rate limit: a burst of 2, then 429 with Retry-After.
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(tg.post("limited", &[], b"{}").await.0);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        3,
+        "{statuses:?}"
+    );
+    let resp = tg
+        .http
+        .post(format!("{}/webhooks/limited", tg.server.base))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    // The other sources are not affected.
+    let (s, _) = tg.standard("msg_after_limit", now(), sb).await;
+    assert_eq!(s, 200);
 
     let reasons: Vec<String> = tg.rejections().await.into_iter().map(|r| r.0).collect();
     for r in [
@@ -440,6 +468,7 @@ async fn verification_idempotency_and_audited_refusals() {
         r#"reason="replay""#,
         r#"reason="stale_timestamp""#,
         r#"reason="future_timestamp""#,
+        r#"reason="rate_limited""#,
         "tokengate_webhooks_received_total",
     ] {
         assert!(
