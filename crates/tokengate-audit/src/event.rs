@@ -130,6 +130,13 @@ pub enum Action {
     ProxyUpstreamError,
     /// A call toward a destination that is not an allowed processor.
     EgressDenied,
+    /// A webhook was refused (bad signature, stale or future timestamp,
+    /// unknown source, replay of a stored event, card data it cannot mask).
+    WebhookReject,
+    /// A webhook event was dead-lettered for a delivery target.
+    WebhookDeadLetter,
+    /// Dead-lettered webhook events were queued again (`webhooks dlq replay`).
+    WebhookReplay,
 }
 
 impl Action {
@@ -167,6 +174,9 @@ impl Action {
             Action::ProxyReject => "proxy_reject",
             Action::ProxyUpstreamError => "proxy_upstream_error",
             Action::EgressDenied => "egress_denied",
+            Action::WebhookReject => "webhook_reject",
+            Action::WebhookDeadLetter => "webhook_dead_letter",
+            Action::WebhookReplay => "webhook_replay",
         }
     }
 }

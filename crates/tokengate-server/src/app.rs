@@ -27,6 +27,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub metrics: Option<PrometheusHandle>,
     pub ready: Arc<AtomicBool>,
+    /// `[[webhooks.sources]]` verifiers, rate limits and delivery wake-ups.
+    pub webhooks: Arc<crate::webhooks::Receivers>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -187,6 +189,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/audit/proofs/consistency",
             get(routes::audit::consistency),
+        )
+        .route(
+            "/webhooks/{source}",
+            post(crate::webhooks::receive::receive),
         )
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))

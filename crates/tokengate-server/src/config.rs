@@ -99,6 +99,9 @@ pub struct Config {
     /// The file this configuration came from (for reloads); not a setting.
     #[serde(skip)]
     pub source_file: Option<PathBuf>,
+    /// `[webhooks]` section: `[[webhooks.sources]]`, `[webhooks.deliver]`,
+    /// `[webhooks.nats]` (see `webhooks::config`).
+    pub webhooks: crate::webhooks::config::WebhooksSection,
     pub log_format: LogFormat,
     /// Replaced by the certificate store (`tokengate certs add`); setting
     /// either is a configuration error that says so.
@@ -192,6 +195,7 @@ impl Default for Config {
             proxy: None,
             outbound: tokengate_proxy::OutboundConfig::default(),
             source_file: None,
+            webhooks: crate::webhooks::config::WebhooksSection::default(),
             audit_retention_days: 400,
             alert_webhook_url: None,
             alert_webhook_ca_file: None,
@@ -542,6 +546,7 @@ impl Config {
                 "the relay (`/relay/{processor}/…`) is served on the proxy listener: add a `[proxy]` section with `listen`",
             ));
         }
+        self.webhooks.validate().map_err(|(f, m)| cerr(&f, m))?;
         if !(1..=3600).contains(&self.audit_checkpoint_secs) {
             return Err(cerr("audit_checkpoint_secs", "must be 1-3600"));
         }

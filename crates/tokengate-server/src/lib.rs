@@ -18,6 +18,8 @@
 //!   durable cursor.
 //! - [`edge`]: client address and scheme behind a proxy, redirect to HTTPS.
 //! - [`logging`]: the tracing subscriber whose writer masks card numbers.
+//! - [`webhooks`]: `POST /webhooks/{source}` (verify, de-duplicate, store
+//!   durably) and at-least-once delivery to the app and NATS JetStream.
 //! - [`config`]: file + environment configuration, validated before binding.
 
 #![forbid(unsafe_code)]
@@ -36,6 +38,7 @@ pub mod routes;
 pub mod run;
 pub mod serve;
 pub mod tls;
+pub mod webhooks;
 
 pub use app::{AppState, router};
 pub use config::Config;

@@ -30,9 +30,10 @@ impl Modify for BearerAuth {
         api_keys::create, api_keys::list, api_keys::revoke,
         audit::events, audit::checkpoint, audit::inclusion, audit::consistency,
         health::healthz, health::readyz, health::metrics, health::openapi,
+        crate::webhooks::receive::receive,
     ),
     modifiers(&BearerAuth),
-    tags((name = "tokens", description = "Card tokenization"), (name = "api-keys", description = "Access control"), (name = "audit", description = "Audit log: search, checkpoints, proofs (role auditor)"), (name = "operations"))
+    tags((name = "tokens", description = "Card tokenization"), (name = "api-keys", description = "Access control"), (name = "audit", description = "Audit log: search, checkpoints, proofs (role auditor)"), (name = "operations"), (name = "webhooks", description = "Inbound webhooks: verified, de-duplicated, stored, then delivered"))
 )]
 pub struct ApiDoc;
 

@@ -71,6 +71,7 @@ pub fn state(vault: Arc<Vault>, config: &Config) -> AppState {
         config: Arc::new(config.clone()),
         metrics: metrics_handle(),
         ready: Arc::new(AtomicBool::new(true)),
+        webhooks: Arc::new(crate::webhooks::Receivers::new(&config.webhooks)),
     }
 }
 
@@ -218,7 +219,11 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             settings,
         ))
     });
-    let app = router(state(vault.clone(), &config));
+    let state = state(vault.clone(), &config);
+    let webhook_tasks =
+        crate::webhooks::deliver::spawn_all(vault.clone(), &config.webhooks, &state.webhooks)
+            .map_err(|e| StartError::Drain(format!("webhook delivery: {e}")))?;
+    let app = router(state);
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let http_addr = http.as_ref().map(|(_, a)| *a);
@@ -267,6 +272,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         sweeper.abort();
         checkpointer.abort();
         drain_tasks.iter().for_each(tokio::task::JoinHandle::abort);
+        webhook_tasks
+            .iter()
+            .for_each(tokio::task::JoinHandle::abort);
         retention.abort();
         reloader.abort();
         expiry.abort();

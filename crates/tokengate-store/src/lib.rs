@@ -27,6 +27,7 @@ mod sqlite_writer;
 mod store;
 mod tls;
 mod wal_sync;
+mod webhooks;
 
 pub use committer::{EventFilter, GroupCommitter};
 pub use model::*;

@@ -122,6 +122,8 @@ pub enum Op {
         upto_seq: u64,
         last_hash: [u8; 32],
     },
+    /// Webhook outbox writes (see [`WebhookOp`]).
+    Webhook(WebhookOp),
 }
 
 /// A signed checkpoint of the audit log.
@@ -296,4 +298,98 @@ pub struct AuditQuery {
     pub success: Option<bool>,
     /// Records with `seq > after_seq` (paging).
     pub after_seq: u64,
+}
+
+/// A webhook delivery target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WebhookTarget {
+    /// The merchant's application (`[webhooks.deliver]`).
+    App,
+    /// NATS JetStream (`[webhooks.nats]`).
+    Nats,
+}
+
+impl WebhookTarget {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookTarget::App => "app",
+            WebhookTarget::Nats => "nats",
+        }
+    }
+}
+
+/// Where one event stands with one target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookDelivery {
+    /// `pending`, `delivered`, `dead` (dead-lettered), or `none` (the target
+    /// was not configured when the event arrived).
+    pub state: String,
+    pub attempts: u32,
+    /// Unix milliseconds before which no new attempt is made.
+    pub next_at: i64,
+    /// Why the last attempt failed (no payload content).
+    pub last_error: Option<String>,
+}
+
+impl WebhookDelivery {
+    /// A fresh state: `pending` when the target is configured, else `none`.
+    pub fn new(configured: bool) -> WebhookDelivery {
+        WebhookDelivery {
+            state: if configured { "pending" } else { "none" }.to_owned(),
+            attempts: 0,
+            next_at: 0,
+            last_error: None,
+        }
+    }
+}
+
+/// A verified webhook event in the outbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookEventRow {
+    /// Assigned by the database on insert (ignored there); delivery order.
+    pub seq: u64,
+    /// Configured source name.
+    pub source: String,
+    /// The sender's event id (idempotency key within the source).
+    pub event_id: String,
+    /// The event type when the payload names one (`type`).
+    pub event_type: Option<String>,
+    /// Unix milliseconds.
+    pub received_at: i64,
+    /// The verified body, card numbers already tokenized or masked.
+    pub payload: Vec<u8>,
+    pub app: WebhookDelivery,
+    pub nats: WebhookDelivery,
+}
+
+/// Writes to the webhook outbox. Every op outputs the rows it affected.
+#[derive(Clone, Debug)]
+pub enum WebhookOp {
+    /// Insert a verified event; 0 rows when `(source, event_id)` exists
+    /// (a duplicate: already stored, not delivered again).
+    Insert(WebhookEventRow),
+    /// The target confirmed the event.
+    Delivered { seq: u64, target: WebhookTarget },
+    /// A failed attempt; the next one not before `next_at` (Unix ms).
+    Retry {
+        seq: u64,
+        target: WebhookTarget,
+        next_at: i64,
+        error: String,
+    },
+    /// Dead-letter the event for this target.
+    Dead {
+        seq: u64,
+        target: WebhookTarget,
+        error: String,
+    },
+    /// Put dead-lettered events (one, or all with `seq: None`) back in the
+    /// queue with a fresh attempt count.
+    Requeue {
+        seq: Option<u64>,
+        target: WebhookTarget,
+        now: i64,
+    },
+    /// Delete events received before `received_before` that no target needs.
+    Prune { received_before: i64 },
 }

@@ -297,6 +297,7 @@ fn apply_ops(conn: &Connection, ops: &[Op]) -> rusqlite::Result<Vec<OpOutput>> {
                 .execute(params![key, value])? as u64,
             ),
             Op::Tls(op) => crate::tls::apply_sqlite(conn, op)?,
+            Op::Webhook(op) => crate::webhooks::apply_sqlite(conn, op)?,
             Op::PruneAudit { upto_seq, last_hash } => {
                 let upto = i64::try_from(*upto_seq).unwrap_or(i64::MAX);
                 conn.prepare_cached("INSERT INTO audit_pruned (id, upto_seq, last_hash) VALUES (1, ?1, ?2) ON CONFLICT (id) DO UPDATE SET upto_seq = excluded.upto_seq, last_hash = excluded.last_hash")?

@@ -1121,6 +1121,7 @@ async fn apply_ops(
                 OpOutput::Affected(r.rows_affected())
             }
             Op::Tls(op) => crate::tls::apply_any(conn, op).await?,
+            Op::Webhook(op) => crate::webhooks::apply_any(conn, op).await?,
             Op::PruneAudit {
                 upto_seq,
                 last_hash,

@@ -908,3 +908,282 @@ async fn audit_prune(store: &Store) {
     assert_eq!(store.min_drain_cursor().await.unwrap(), None);
 }
 conformance!(prune, audit_prune);
+
+fn webhook_row(source: &str, id: &str, received_at: i64, nats: bool) -> WebhookEventRow {
+    WebhookEventRow {
+        seq: 0,
+        source: source.into(),
+        event_id: id.into(),
+        event_type: Some("charge.succeeded".into()),
+        received_at,
+        payload: format!(r#"{{"id":"{id}"}}"#).into_bytes(),
+        app: WebhookDelivery::new(true),
+        nats: WebhookDelivery::new(nats),
+    }
+}
+
+async fn webhook_op(store: &Store, op: WebhookOp) -> u64 {
+    let r = commit(
+        store,
+        &[Job {
+            ops: vec![Op::Webhook(op)],
+            ..Job::default()
+        }],
+    )
+    .await
+    .unwrap();
+    r[0].as_ref().unwrap()[0].affected()
+}
+
+async fn webhook_outbox(store: &Store) {
+    use WebhookTarget::{App, Nats};
+    // Insert three events; a duplicate (same source and id) affects nothing,
+    // the same id from another source is a different event.
+    assert_eq!(
+        webhook_op(
+            store,
+            WebhookOp::Insert(webhook_row("stripe", "evt_1", 10, true))
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        webhook_op(
+            store,
+            WebhookOp::Insert(webhook_row("stripe", "evt_2", 11, true))
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        webhook_op(
+            store,
+            WebhookOp::Insert(webhook_row("stripe", "evt_1", 12, true))
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        webhook_op(
+            store,
+            WebhookOp::Insert(webhook_row("std", "evt_1", 13, false))
+        )
+        .await,
+        1
+    );
+    let pending = store.webhook_pending(App, None, 0, 100).await.unwrap();
+    assert_eq!(
+        pending
+            .iter()
+            .map(|e| (e.source.as_str(), e.event_id.as_str()))
+            .collect::<Vec<_>>(),
+        [("stripe", "evt_1"), ("stripe", "evt_2"), ("std", "evt_1")],
+        "oldest first"
+    );
+    assert!(pending.windows(2).all(|w| w[0].seq < w[1].seq));
+    let std_only = store
+        .webhook_pending(App, Some("std"), 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(std_only.len(), 1);
+    assert_eq!(std_only[0].source, "std");
+    let first = &pending[0];
+    assert_eq!(first.payload, br#"{"id":"evt_1"}"#);
+    assert_eq!(first.received_at, 10, "the duplicate did not overwrite it");
+    assert_eq!(first.app.state, "pending");
+    assert_eq!(
+        store
+            .webhook_pending(Nats, None, 0, 100)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let (s1, s2, s3) = (pending[0].seq, pending[1].seq, pending[2].seq);
+    assert_eq!(
+        store
+            .webhook_pending(App, None, s1, 100)
+            .await
+            .unwrap()
+            .len(),
+        2,
+        "after_seq"
+    );
+
+    // A retry keeps it pending with a later time; delivered and dead end it.
+    assert_eq!(
+        webhook_op(
+            store,
+            WebhookOp::Retry {
+                seq: s1,
+                target: App,
+                next_at: 99,
+                error: "http 503".into()
+            }
+        )
+        .await,
+        1
+    );
+    let e = store
+        .webhook_event("stripe", "evt_1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (e.app.state.as_str(), e.app.attempts, e.app.next_at),
+        ("pending", 1, 99)
+    );
+    assert_eq!(e.app.last_error.as_deref(), Some("http 503"));
+    assert_eq!(
+        webhook_op(
+            store,
+            WebhookOp::Delivered {
+                seq: s1,
+                target: App
+            }
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        webhook_op(
+            store,
+            WebhookOp::Delivered {
+                seq: s1,
+                target: App
+            }
+        )
+        .await,
+        0,
+        "only from pending"
+    );
+    let e = store
+        .webhook_event("stripe", "evt_1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((e.app.state.as_str(), e.app.attempts), ("delivered", 2));
+    assert_eq!(e.app.last_error, None);
+    assert_eq!(e.nats.state, "pending", "targets are independent");
+    assert_eq!(
+        webhook_op(
+            store,
+            WebhookOp::Dead {
+                seq: s2,
+                target: App,
+                error: "http 410".into()
+            }
+        )
+        .await,
+        1
+    );
+    let dead = store.webhook_dead(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].seq, s2);
+    assert_eq!(dead[0].app.last_error.as_deref(), Some("http 410"));
+    assert_eq!(
+        store
+            .webhook_pending(App, None, 0, 100)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Replay puts it back with a fresh count.
+    assert_eq!(
+        webhook_op(
+            store,
+            WebhookOp::Requeue {
+                seq: None,
+                target: App,
+                now: 500
+            }
+        )
+        .await,
+        1
+    );
+    let e = store
+        .webhook_event("stripe", "evt_2")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (e.app.state.as_str(), e.app.attempts, e.app.next_at),
+        ("pending", 0, 500)
+    );
+    assert_eq!(
+        webhook_op(
+            store,
+            WebhookOp::Requeue {
+                seq: Some(s2),
+                target: App,
+                now: 1
+            }
+        )
+        .await,
+        0
+    );
+
+    // Prune removes only old events that no target still needs.
+    assert_eq!(
+        webhook_op(
+            store,
+            WebhookOp::Delivered {
+                seq: s3,
+                target: App
+            }
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        webhook_op(
+            store,
+            WebhookOp::Delivered {
+                seq: s1,
+                target: Nats
+            }
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        webhook_op(
+            store,
+            WebhookOp::Prune {
+                received_before: 12
+            }
+        )
+        .await,
+        1,
+        "evt_1 of stripe"
+    );
+    assert!(
+        store
+            .webhook_event("stripe", "evt_1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        webhook_op(
+            store,
+            WebhookOp::Prune {
+                received_before: 1000
+            }
+        )
+        .await,
+        1,
+        "std evt_1 (nats none)"
+    );
+    assert!(
+        store
+            .webhook_event("stripe", "evt_2")
+            .await
+            .unwrap()
+            .is_some(),
+        "still pending"
+    );
+}
+conformance!(webhooks, webhook_outbox);

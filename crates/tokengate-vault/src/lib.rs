@@ -23,6 +23,7 @@ mod open;
 pub mod outbound_ca;
 pub mod retention;
 pub mod sweeper;
+pub mod webhooks;
 
 pub use access::{ApiKeyInfo, Caller, NewApiKey, RequestMeta, Role};
 pub use acme::{AcmeOutcome, AcmeStatus, acme_cert_name, renewal_time};

@@ -18,6 +18,7 @@ mod audit_cmd;
 
 use audit_cmd::AuditCmd;
 mod certs;
+mod webhooks_cmd;
 
 use clap::{Parser, Subcommand};
 use tokengate_server::config::{Config, ProcessEnv};
@@ -71,6 +72,11 @@ enum Cmd {
     Ca {
         #[command(subcommand)]
         cmd: CaCmd,
+    },
+    /// Webhooks: sign a payload as a source would; the dead-letter queue (dlq list|replay).
+    Webhooks {
+        #[command(subcommand)]
+        cmd: webhooks_cmd::WebhooksCmd,
     },
     /// Print the OpenAPI document.
     Openapi,
@@ -139,6 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dev,
         } => serve(data_dir, listen, config, dev).await,
         Cmd::Audit { cmd } => audit_cmd::run(cmd).await,
+        Cmd::Webhooks { cmd } => webhooks_cmd::run(cmd).await,
         Cmd::Certs(args) => Ok(certs::run_certs(args).await),
         Cmd::Domains(args) => Ok(certs::run_domains(args).await),
         // Handled in `main` before the runtime starts.
