@@ -108,5 +108,26 @@ pub fn migrations(backend: Backend) -> Vec<(i64, Vec<String>)> {
         "CREATE TABLE IF NOT EXISTS audit_pruned (id {int} PRIMARY KEY, upto_seq {int} NOT NULL, \
          last_hash {blob} NOT NULL)"
     )];
-    vec![(1, v1), (2, v2), (3, v3), (4, v4), (5, v5), (6, v6)]
+    // Version 8: key lifecycle. Re-keying jobs walk the records of one key
+    // version in primary-key order: (version, tenant, token) indexes let
+    // each batch start where the last one ended. The one-column
+    // `kek_version` index is covered by the new one. Every statement is
+    // idempotent (`IF [NOT] EXISTS`).
+    let v8 = vec![
+        "DROP INDEX IF EXISTS tokens_kek_version".to_owned(),
+        "CREATE INDEX IF NOT EXISTS tokens_kek_rekey ON tokens (kek_version, tenant, token)"
+            .to_owned(),
+        "CREATE INDEX IF NOT EXISTS tokens_fp_rekey ON tokens (fp_version, tenant, token)"
+            .to_owned(),
+        "CREATE INDEX IF NOT EXISTS cvcs_key_version ON cvcs (key_version)".to_owned(),
+    ];
+    vec![
+        (1, v1),
+        (2, v2),
+        (3, v3),
+        (4, v4),
+        (5, v5),
+        (6, v6),
+        (8, v8),
+    ]
 }
