@@ -123,6 +123,16 @@ pub enum Action {
     Lockout,
     /// Audit records past retention archived and deleted.
     AuditPrune,
+    /// A new key version became the active one for its purpose.
+    KeyRotate,
+    /// A re-keying job (DEK rewrap or re-fingerprint) started or finished.
+    KeyRewrap,
+    /// The minimum decryption version of a purpose changed.
+    KeyMinDecryption,
+    /// A key version was destroyed (its wrapped key erased).
+    KeyDestroy,
+    /// Key-ring versions were listed.
+    KeyList,
 }
 
 impl Action {
@@ -157,6 +167,11 @@ impl Action {
             Action::Alert => "alert",
             Action::Lockout => "lockout",
             Action::AuditPrune => "audit_prune",
+            Action::KeyRotate => "key_rotate",
+            Action::KeyRewrap => "key_rewrap",
+            Action::KeyMinDecryption => "key_min_decryption",
+            Action::KeyDestroy => "key_destroy",
+            Action::KeyList => "key_list",
         }
     }
 }

@@ -117,7 +117,11 @@ pub async fn init(opts: &InitOptions) -> Result<InitOutput, VaultError> {
     }
     let now = now_ms();
     let wrapped = KeyRing::generate_initial(&root, now / 1000)?;
-    let ring = Arc::new(KeyRing::load(&root, &wrapped, &HashMap::new())?);
+    let ring = Arc::new(tokengate_crypto::SharedRing::new(KeyRing::load(
+        &root,
+        &wrapped,
+        &HashMap::new(),
+    )?));
     let mut job = Job::default();
     for w in &wrapped {
         job.ops.push(Op::InsertKey(KeyRow {
@@ -151,7 +155,7 @@ pub async fn init(opts: &InitOptions) -> Result<InitOutput, VaultError> {
 
     let mut config = VaultConfig::new(&dir.0);
     config.database_url = opts.database_url.clone();
-    let vault = Vault::open_with_root(config, &root).await?;
+    let vault = Vault::open_with_root(config, Arc::new(root)).await?;
     let admin = vault
         .insert_api_key(
             None,

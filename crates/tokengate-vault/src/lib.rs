@@ -18,6 +18,7 @@ pub mod certs;
 pub mod clock;
 pub mod error;
 pub mod init;
+pub mod keys;
 pub mod lockout;
 mod open;
 pub mod retention;
@@ -33,6 +34,7 @@ pub use certs::{
 };
 pub use error::VaultError;
 pub use init::{InitOptions, InitOutput, init};
+pub use keys::{KeyActor, KeyVersionInfo, RekeyOptions, RekeyReport, parse_purpose};
 pub use lockout::LockoutPolicy;
 pub use open::{AuditHmacField, DataDir, Vault, VaultConfig, is_fresh};
 pub use tokengate_store::AuditQuery;

@@ -8,7 +8,9 @@ use std::time::Duration;
 use tokengate_audit::SignedHead;
 use tokengate_audit::chain::ChainHash;
 use tokengate_audit::{Action, AuditEvent, Ident, Outcome, SafeText};
-use tokengate_crypto::{FileRootKey, KeyPurpose, KeyRing, KeyState, RootKeyProvider, WrappedKey};
+use tokengate_crypto::{
+    FileRootKey, KeyPurpose, KeyRing, KeyState, RootKeyProvider, SharedRing, WrappedKey,
+};
 use tokengate_store::{GroupCommitter, HeadSigner, Job, KeyRow, Op, Store};
 
 use crate::access::CachedKey;
@@ -96,7 +98,7 @@ pub fn audit_hmac(ring: &KeyRing, value: &str) -> Result<tokengate_audit::HmacVa
 }
 
 fn hmac_filter(
-    ring: Arc<KeyRing>,
+    ring: Arc<SharedRing>,
     fields: &[AuditHmacField],
 ) -> Option<tokengate_store::EventFilter> {
     if fields.is_empty() {
@@ -108,6 +110,7 @@ fn hmac_filter(
     );
     Some(Arc::new(move |e: &mut tokengate_audit::AuditEvent| {
         // Without the key the value is dropped, never kept in clear.
+        let ring = ring.get();
         if ip && let Some(addr) = e.client_ip.take() {
             e.client_ip_hmac = audit_hmac(&ring, &addr.to_string()).ok();
         }
@@ -133,11 +136,11 @@ impl VaultConfig {
 }
 
 /// The audit head signer backed by the key ring's Ed25519 key.
-pub(crate) struct RingSigner(pub(crate) Arc<KeyRing>);
+pub(crate) struct RingSigner(pub(crate) Arc<SharedRing>);
 
 impl HeadSigner for RingSigner {
     fn sign(&self, seq: u64, hash: &ChainHash) -> Vec<u8> {
-        match self.0.audit_signer() {
+        match self.0.get().audit_signer() {
             Ok(k) => SignedHead::sign(k, seq, *hash).signature,
             // Without a key the head cannot verify; `audit verify` reports it.
             Err(_) => Vec::new(),
@@ -150,7 +153,14 @@ pub struct Vault {
     pub(crate) config: VaultConfig,
     pub(crate) store: Store,
     pub(crate) committer: GroupCommitter,
-    pub(crate) ring: Arc<KeyRing>,
+    /// Invariant: replaced only by [`Vault::reload_key_ring`], with a ring
+    /// loaded from the store by `root`.
+    pub(crate) ring: Arc<SharedRing>,
+    /// Wraps and unwraps KEKs (new versions, reloads after a rotation).
+    pub(crate) root: Arc<dyn RootKeyProvider>,
+    /// The key-ring generation the ring was loaded at (see
+    /// [`KEY_GENERATION_META`]).
+    pub(crate) key_generation: std::sync::Mutex<Option<String>>,
     pub(crate) key_cache: RwLock<HashMap<String, CachedKey>>,
     pub(crate) tenant: String,
     pub(crate) lockout: crate::lockout::Lockout,
@@ -184,15 +194,53 @@ pub(crate) fn key_rows_to_wrapped(rows: &[KeyRow]) -> Result<Vec<WrappedKey>, Va
         .collect()
 }
 
-fn load_ring(root: &dyn RootKeyProvider, rows: &[KeyRow]) -> Result<Arc<KeyRing>, VaultError> {
+/// Meta key changed (to a fresh random value) by every key-ring change, so
+/// that running servers notice and reload.
+pub(crate) const KEY_GENERATION_META: &str = "key_ring_generation";
+
+/// Meta key holding the minimum decryption version of `purpose`.
+pub(crate) fn min_decryption_meta(purpose: KeyPurpose) -> String {
+    format!("key_min_decryption_version/{}", purpose.as_str())
+}
+
+/// The minimum decryption version of every purpose that has one.
+pub(crate) async fn min_decryption_versions(
+    store: &Store,
+) -> Result<HashMap<KeyPurpose, u32>, VaultError> {
+    let mut out = HashMap::new();
+    for p in KeyPurpose::ALL {
+        if let Some(v) = store.meta(&min_decryption_meta(p)).await? {
+            let v = v.parse::<u32>().map_err(|_| {
+                VaultError::Internal(format!(
+                    "corrupt minimum decryption version for {}",
+                    p.as_str()
+                ))
+            })?;
+            out.insert(p, v);
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn load_ring_from(
+    root: &dyn RootKeyProvider,
+    rows: &[KeyRow],
+    min: &HashMap<KeyPurpose, u32>,
+) -> Result<KeyRing, VaultError> {
     let wrapped = key_rows_to_wrapped(rows)?;
-    Ok(Arc::new(
-        KeyRing::load(root, &wrapped, &HashMap::new()).map_err(|e| {
-            VaultError::Setup(format!(
-                "cannot unwrap the key ring with this root key: {e}"
-            ))
-        })?,
-    ))
+    KeyRing::load(root, &wrapped, min).map_err(|e| {
+        VaultError::Setup(format!(
+            "cannot unwrap the key ring with this root key: {e}"
+        ))
+    })
+}
+
+fn load_ring(root: &dyn RootKeyProvider, rows: &[KeyRow]) -> Result<Arc<SharedRing>, VaultError> {
+    Ok(Arc::new(SharedRing::new(load_ring_from(
+        root,
+        rows,
+        &HashMap::new(),
+    )?)))
 }
 
 /// Create version 1 of every key purpose that has no version yet. Returns
@@ -202,7 +250,7 @@ async fn add_missing_purposes(
     store: &Store,
     root: &dyn RootKeyProvider,
     rows: &[KeyRow],
-    ring: Arc<KeyRing>,
+    ring: Arc<SharedRing>,
 ) -> Result<bool, VaultError> {
     let missing: Vec<KeyPurpose> = KeyPurpose::ALL
         .into_iter()
@@ -245,13 +293,13 @@ impl Vault {
         let dir = DataDir(config.data_dir.clone());
         let root =
             FileRootKey::open(&dir.root_key()).map_err(|e| VaultError::Setup(e.to_string()))?;
-        Self::open_with_root(config, &root).await
+        Self::open_with_root(config, Arc::new(root)).await
     }
 
     /// Open with an explicit root-key provider.
     pub async fn open_with_root(
         config: VaultConfig,
-        root: &dyn RootKeyProvider,
+        root: Arc<dyn RootKeyProvider>,
     ) -> Result<Vault, VaultError> {
         let dir = DataDir(config.data_dir.clone());
         let url = dir.store_url(config.database_url.as_deref());
@@ -264,13 +312,16 @@ impl Vault {
                 "the database holds no keys: run `tokengate init` first".into(),
             ));
         }
-        let ring = load_ring(root, &rows)?;
+        let generation = store.meta(KEY_GENERATION_META).await?;
+        let ring = load_ring(root.as_ref(), &rows)?;
         // Purposes added after this data directory was made (e.g. `tls_key`)
         // get their first version now, audited like any key creation.
-        let ring = match add_missing_purposes(&store, root, &rows, ring.clone()).await? {
-            true => load_ring(root, &store.keys().await?)?,
-            false => ring,
+        let rows = match add_missing_purposes(&store, root.as_ref(), &rows, ring.clone()).await? {
+            true => store.keys().await?,
+            false => rows,
         };
+        let min = min_decryption_versions(&store).await?;
+        ring.set(load_ring_from(root.as_ref(), &rows, &min)?);
         let tenant = store
             .meta("default_tenant")
             .await?
@@ -285,6 +336,8 @@ impl Vault {
             store,
             committer,
             ring,
+            root,
+            key_generation: std::sync::Mutex::new(generation),
             key_cache: RwLock::new(HashMap::new()),
             tenant,
             lockout: crate::lockout::Lockout::new(config.lockout),
@@ -296,7 +349,7 @@ impl Vault {
     /// `tokengate audit hash VALUE`: the text an HMAC'd audit field holds for
     /// `value`.
     pub fn audit_hash(&self, value: &str) -> Result<String, VaultError> {
-        Ok(audit_hmac(&self.ring, value)?.as_str().to_owned())
+        Ok(audit_hmac(&self.ring(), value)?.as_str().to_owned())
     }
 
     pub fn config(&self) -> &VaultConfig {
@@ -313,7 +366,14 @@ impl Vault {
 
     /// Ed25519 public key that verifies the audit head (hex).
     pub fn audit_public_key(&self) -> Result<Vec<u8>, VaultError> {
-        Ok(tokengate_audit::head::public_key(self.ring.audit_signer()?))
+        Ok(tokengate_audit::head::public_key(
+            self.ring().audit_signer()?,
+        ))
+    }
+
+    /// A snapshot of the current key ring.
+    pub(crate) fn ring(&self) -> Arc<KeyRing> {
+        self.ring.get()
     }
 }
 
