@@ -181,6 +181,20 @@ pub fn router(state: AppState) -> Router {
             "/v1/api-keys/{id}",
             axum::routing::delete(routes::api_keys::revoke),
         )
+        .route("/v1/keys", get(routes::keys::list))
+        .route(
+            "/v1/keys/rewrap",
+            post(routes::keys::rewrap).get(routes::keys::rewrap_status),
+        )
+        .route("/v1/keys/{purpose}/rotate", post(routes::keys::rotate))
+        .route(
+            "/v1/keys/{purpose}/min-decryption-version",
+            post(routes::keys::min_version),
+        )
+        .route(
+            "/v1/keys/{purpose}/versions/{version}",
+            axum::routing::delete(routes::keys::destroy),
+        )
         .route("/v1/audit/events", get(routes::audit::events))
         .route("/v1/audit/checkpoint", get(routes::audit::checkpoint))
         .route("/v1/audit/proofs/inclusion", get(routes::audit::inclusion))

@@ -112,6 +112,35 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
+/// Pick up key-ring changes made by another process (the CLI's `keys
+/// rotate`, another node) within `every`.
+async fn key_reload_loop(vault: Arc<Vault>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = vault.refresh_key_ring().await {
+            tracing::error!(code = e.code(), error = %e, "key ring reload failed; keeping the current ring");
+        }
+    }
+}
+
+/// Warn (and optionally rotate) when an active key is past its
+/// cryptoperiod: at start, then once an hour.
+async fn cryptoperiod_loop(
+    vault: Arc<Vault>,
+    periods: Vec<(tokengate_crypto::KeyPurpose, u64)>,
+    auto_rotate: bool,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        if let Err(e) = vault.check_cryptoperiods(&periods, auto_rotate).await {
+            tracing::error!(code = e.code(), error = %e, "cryptoperiod check failed");
+        }
+    }
+}
+
 /// Open, bind and serve in the background.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let vault = open_vault(config).await?;
@@ -183,6 +212,15 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         Duration::from_millis(config.tls_reload_ms),
         generation,
     ));
+    let key_reload = tokio::spawn(key_reload_loop(
+        vault.clone(),
+        Duration::from_millis(config.key_reload_ms),
+    ));
+    let cryptoperiods = tokio::spawn(cryptoperiod_loop(
+        vault.clone(),
+        config.cryptoperiods(),
+        config.key_auto_rotate,
+    ));
     let expiry = tokio::spawn(tls::expiry_loop(
         vault.clone(),
         Duration::from_secs(config.tls_expiry_check_secs),
@@ -212,6 +250,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         drain_tasks.iter().for_each(tokio::task::JoinHandle::abort);
         retention.abort();
         reloader.abort();
+        key_reload.abort();
+        cryptoperiods.abort();
         expiry.abort();
         if let Some(acme) = acme {
             acme.abort();

@@ -105,6 +105,30 @@ pub struct RekeyReport {
     pub millis: u64,
 }
 
+/// A re-keying job running in the background (admin API), as last seen.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RekeyJobStatus {
+    pub running: bool,
+    pub purpose: Option<String>,
+    pub done: u64,
+    pub total: u64,
+    /// The finished job's report.
+    pub report: Option<RekeyReport>,
+    /// Why the last job stopped early (it can be started again: it resumes).
+    pub error: Option<String>,
+}
+
+/// An active key version older than its purpose's cryptoperiod.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct CryptoperiodExceeded {
+    pub purpose: String,
+    pub version: u32,
+    pub age_days: i64,
+    pub cryptoperiod_days: u64,
+    /// The version automatic rotation created, if it did.
+    pub rotated_to: Option<u32>,
+}
+
 /// Receives a re-keying job's progress: `(records done, records in total)`.
 pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
 
@@ -162,6 +186,128 @@ fn off_target(usage: &[KeyUsage], purpose: KeyPurpose, target: u32) -> u64 {
 }
 
 impl Vault {
+    /// Start a re-keying job in the background (one at a time per process;
+    /// a job in another process may run alongside: records move once).
+    pub fn start_rekey(
+        self: &std::sync::Arc<Self>,
+        purpose: KeyPurpose,
+        opts: RekeyOptions,
+        actor: KeyActor,
+    ) -> Result<RekeyJobStatus, VaultError> {
+        rekey_column(purpose)?;
+        let status = {
+            let mut g = self
+                .rekey_job
+                .lock()
+                .map_err(|_| VaultError::Internal("rekey status lock".into()))?;
+            if g.running {
+                return Err(VaultError::invalid(
+                    "rekey_running",
+                    "a re-keying job is already running; watch it with GET /v1/keys/rewrap",
+                ));
+            }
+            *g = RekeyJobStatus {
+                running: true,
+                purpose: Some(purpose.as_str().to_owned()),
+                ..RekeyJobStatus::default()
+            };
+            g.clone()
+        };
+        let vault = self.clone();
+        tokio::spawn(async move {
+            let job = vault.rekey_job.clone();
+            let progress = move |done: u64, total: u64| {
+                if let Ok(mut g) = job.lock() {
+                    g.done = done;
+                    g.total = total;
+                }
+            };
+            let result = vault.rekey(purpose, opts, &actor, &progress).await;
+            if let Ok(mut g) = vault.rekey_job.lock() {
+                g.running = false;
+                match result {
+                    Ok(r) => g.report = Some(r),
+                    Err(e) => {
+                        tracing::error!(code = e.code(), error = %e, "re-keying job stopped");
+                        g.error = Some(e.to_string());
+                    }
+                }
+            }
+        });
+        Ok(status)
+    }
+
+    /// Check each active key against its cryptoperiod (`(purpose, days)`).
+    /// Every exceeded one is logged as a warning and recorded as an audit
+    /// alert; with `auto_rotate` it is rotated (records then need a rewrap,
+    /// which the warning says).
+    pub async fn check_cryptoperiods(
+        &self,
+        periods: &[(KeyPurpose, u64)],
+        auto_rotate: bool,
+    ) -> Result<Vec<CryptoperiodExceeded>, VaultError> {
+        let keys = self.list_keys().await?;
+        let mut out = Vec::new();
+        for &(purpose, days) in periods {
+            let Some(active) = keys
+                .iter()
+                .filter(|k| k.purpose == purpose.as_str() && k.state == KeyState::Active.as_str())
+                .max_by_key(|k| k.version)
+            else {
+                continue;
+            };
+            if days == 0 || active.age_days < i64::try_from(days).unwrap_or(i64::MAX) {
+                continue;
+            }
+            let mut found = CryptoperiodExceeded {
+                purpose: purpose.as_str().to_owned(),
+                version: active.version,
+                age_days: active.age_days,
+                cryptoperiod_days: days,
+                rotated_to: None,
+            };
+            tracing::warn!(
+                purpose = purpose.as_str(),
+                version = active.version,
+                age_days = active.age_days,
+                cryptoperiod_days = days,
+                "key past its cryptoperiod: run `tokengate keys rotate --purpose {}` then `tokengate keys rewrap`",
+                purpose.as_str()
+            );
+            let _ = self
+                .record_alert(&format!(
+                    "kind=cryptoperiod_exceeded purpose={} version={} age_days={} cryptoperiod_days={days}",
+                    purpose.as_str(),
+                    active.version,
+                    active.age_days
+                ))
+                .await;
+            if auto_rotate && ROTATABLE.contains(&purpose) {
+                match self.rotate_key(purpose, &KeyActor::system()).await {
+                    Ok(k) => {
+                        tracing::warn!(
+                            purpose = purpose.as_str(),
+                            version = k.version,
+                            "key rotated automatically (cryptoperiod); records stay on older versions until `tokengate keys rewrap`"
+                        );
+                        found.rotated_to = Some(k.version);
+                    }
+                    // Another node rotated at the same moment.
+                    Err(e) => {
+                        tracing::warn!(code = e.code(), error = %e, "automatic rotation skipped")
+                    }
+                }
+            }
+            out.push(found);
+        }
+        Ok(out)
+    }
+
+    /// The background re-keying job's status.
+    pub fn rekey_status(&self) -> RekeyJobStatus {
+        self.rekey_job.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+
     fn key_event(
         &self,
         action: Action,

@@ -34,7 +34,10 @@ pub use certs::{
 };
 pub use error::VaultError;
 pub use init::{InitOptions, InitOutput, init};
-pub use keys::{KeyActor, KeyVersionInfo, RekeyOptions, RekeyReport, parse_purpose};
+pub use keys::{
+    CryptoperiodExceeded, KeyActor, KeyVersionInfo, RekeyJobStatus, RekeyOptions, RekeyReport,
+    parse_purpose,
+};
 pub use lockout::LockoutPolicy;
 pub use open::{AuditHmacField, DataDir, Vault, VaultConfig, is_fresh};
 pub use tokengate_store::AuditQuery;

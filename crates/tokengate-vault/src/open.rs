@@ -161,6 +161,8 @@ pub struct Vault {
     /// The key-ring generation the ring was loaded at (see
     /// [`KEY_GENERATION_META`]).
     pub(crate) key_generation: std::sync::Mutex<Option<String>>,
+    /// The background re-keying job (admin API).
+    pub(crate) rekey_job: Arc<std::sync::Mutex<crate::keys::RekeyJobStatus>>,
     pub(crate) key_cache: RwLock<HashMap<String, CachedKey>>,
     pub(crate) tenant: String,
     pub(crate) lockout: crate::lockout::Lockout,
@@ -338,6 +340,7 @@ impl Vault {
             ring,
             root,
             key_generation: std::sync::Mutex::new(generation),
+            rekey_job: Arc::default(),
             key_cache: RwLock::new(HashMap::new()),
             tenant,
             lockout: crate::lockout::Lockout::new(config.lockout),

@@ -18,6 +18,7 @@ mod audit_cmd;
 
 use audit_cmd::AuditCmd;
 mod certs;
+mod keys_cmd;
 
 use clap::{Parser, Subcommand};
 use tokengate_server::config::{Config, ProcessEnv};
@@ -62,6 +63,10 @@ enum Cmd {
     Certs(certs::CertsArgs),
     /// Domains and the certificate each is served with: list, add, update, remove.
     Domains(certs::DomainsArgs),
+    /// Key ring: list versions (no subcommand), rotate, rewrap, set-min-decryption-version, destroy.
+    Keys(keys_cmd::KeysArgs),
+    /// API keys: list (no subcommand), create, revoke.
+    ApiKeys(keys_cmd::ApiKeysArgs),
     /// Audit trail commands.
     Audit {
         #[command(subcommand)]
@@ -127,6 +132,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Audit { cmd } => audit_cmd::run(cmd).await,
         Cmd::Certs(args) => Ok(certs::run_certs(args).await),
         Cmd::Domains(args) => Ok(certs::run_domains(args).await),
+        Cmd::Keys(args) => Ok(keys_cmd::run_keys(args).await),
+        Cmd::ApiKeys(args) => Ok(keys_cmd::run_api_keys(args).await),
         // Handled in `main` before the runtime starts.
         Cmd::Scan(_) => Ok(ExitCode::from(2)),
         Cmd::Openapi => {
