@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod aead;
+pub mod custodians;
 pub mod envelope;
 pub mod keyring;
 pub mod random;

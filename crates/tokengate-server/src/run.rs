@@ -54,12 +54,36 @@ pub async fn open_vault(config: &Config) -> Result<Arc<Vault>, tokengate_vault::
     vc.cvc_ttl = config.cvc_ttl();
     vc.lockout = config.lockout();
     vc.reveal_alert_per_minute = config.reveal_alert_per_minute;
+    vc.share_source = Some(stdin_shares());
     vc.audit_hmac_fields = config
         .audit_hmac_fields
         .iter()
         .filter_map(|f| tokengate_vault::AuditHmacField::from_name(f))
         .collect();
     Ok(Arc::new(Vault::open(vc).await?))
+}
+
+/// Custodian shares from standard input, one per line (with a prompt on a
+/// terminal). Used only when the data directory's root key is split among
+/// custodians.
+fn stdin_shares() -> tokengate_vault::ShareSource {
+    use std::io::{BufRead, IsTerminal, Write};
+    tokengate_vault::ShareSource(Arc::new(|threshold: u8, progress: u8| {
+        let stdin = std::io::stdin();
+        if stdin.is_terminal() {
+            // A prompt for the person at the console, not a log line.
+            let mut err = std::io::stderr();
+            let _ = write!(err, "Custodian share {} of {threshold}: ", progress + 1);
+            let _ = err.flush();
+        }
+        let mut line = zeroize::Zeroizing::new(String::new());
+        match stdin.lock().read_line(&mut line) {
+            Ok(n) if n > 0 && !line.trim().is_empty() => {
+                Some(zeroize::Zeroizing::new(line.trim().to_owned()))
+            }
+            _ => None,
+        }
+    }))
 }
 
 /// Build the shared state for `vault`.

@@ -735,6 +735,7 @@ mod tests {
         let out = init(&InitOptions {
             data_dir: dir.clone(),
             database_url: None,
+            custodians: None,
         })
         .await
         .unwrap();

@@ -39,5 +39,5 @@ pub use keys::{
     parse_purpose,
 };
 pub use lockout::LockoutPolicy;
-pub use open::{AuditHmacField, DataDir, Vault, VaultConfig, is_fresh};
+pub use open::{AuditHmacField, DataDir, ShareSource, Vault, VaultConfig, is_fresh};
 pub use tokengate_store::AuditQuery;

@@ -27,6 +27,11 @@ impl DataDir {
     pub fn root_key(&self) -> PathBuf {
         FileRootKey::path_in(&self.0)
     }
+    /// With the custodians root-key provider: share count, threshold and
+    /// check values (never a share).
+    pub fn custodians(&self) -> PathBuf {
+        self.0.join("custodians.json")
+    }
     /// Legacy (before the certificate store): the self-signed certificate
     /// file. Imported into the store on first start, see
     /// `Vault::import_legacy_tls_files`.
@@ -65,6 +70,20 @@ pub struct VaultConfig {
     pub lockout: crate::lockout::LockoutPolicy,
     /// Reveals by one key within a minute that raise an alert (0: never).
     pub reveal_alert_per_minute: u32,
+    /// Where custodian shares come from when the data directory's root key
+    /// is split among custodians (the CLI: standard input).
+    pub share_source: Option<ShareSource>,
+}
+
+/// Supplies custodian shares one at a time: called with (threshold, shares
+/// accepted so far); `None` when there are no more.
+#[derive(Clone)]
+pub struct ShareSource(pub Arc<dyn Fn(u8, u8) -> Option<zeroize::Zeroizing<String>> + Send + Sync>);
+
+impl std::fmt::Debug for ShareSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShareSource")
+    }
 }
 
 /// A request field that can be stored keyed-hashed in audit records.
@@ -131,6 +150,7 @@ impl VaultConfig {
             audit_hmac_fields: Vec::new(),
             lockout: crate::lockout::LockoutPolicy::default(),
             reveal_alert_per_minute: 600,
+            share_source: None,
         }
     }
 }
@@ -293,6 +313,10 @@ impl Vault {
     /// Open an initialised data directory. Must run inside a tokio runtime.
     pub async fn open(config: VaultConfig) -> Result<Vault, VaultError> {
         let dir = DataDir(config.data_dir.clone());
+        if dir.custodians().exists() {
+            let root = unseal_with_shares(&dir, config.share_source.as_ref())?;
+            return Self::open_with_root(config, Arc::new(root)).await;
+        }
         let root =
             FileRootKey::open(&dir.root_key()).map_err(|e| VaultError::Setup(e.to_string()))?;
         Self::open_with_root(config, Arc::new(root)).await
@@ -377,6 +401,44 @@ impl Vault {
     /// A snapshot of the current key ring.
     pub(crate) fn ring(&self) -> Arc<KeyRing> {
         self.ring.get()
+    }
+}
+
+/// Rebuild the root key from custodian shares taken from `source`.
+fn unseal_with_shares(
+    dir: &DataDir,
+    source: Option<&ShareSource>,
+) -> Result<tokengate_crypto::custodians::CustodianRootKey, VaultError> {
+    use tokengate_crypto::custodians::{CustodianSetup, Unsealer};
+    let path = dir.custodians();
+    let text = std::fs::read(&path)
+        .map_err(|e| VaultError::Setup(format!("cannot read {}: {e}", path.display())))?;
+    let setup: CustodianSetup = serde_json::from_slice(&text)
+        .map_err(|e| VaultError::Setup(format!("{} is corrupt: {e}", path.display())))?;
+    let mut unsealer = Unsealer::new(setup);
+    let sealed = |u: &Unsealer| {
+        VaultError::Setup(format!(
+            "sealed: the root key is split among custodians; {} of {} shares entered (give one share per line on standard input)",
+            u.progress(),
+            u.threshold()
+        ))
+    };
+    let source = source.ok_or_else(|| sealed(&unsealer))?;
+    loop {
+        let Some(share) = (source.0)(unsealer.threshold(), unsealer.progress()) else {
+            return Err(sealed(&unsealer));
+        };
+        match unsealer.add(&share) {
+            Ok(Some(root)) => return Ok(root),
+            Ok(None) => continue,
+            Err(e) => {
+                return Err(VaultError::Setup(format!(
+                    "share refused: {e} ({} of {} valid shares entered)",
+                    unsealer.progress(),
+                    unsealer.threshold()
+                )));
+            }
+        }
     }
 }
 

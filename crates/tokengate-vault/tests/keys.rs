@@ -69,6 +69,7 @@ async fn fixture(name: &str, postgres: bool) -> Option<Fixture> {
     let out = init(&InitOptions {
         data_dir: dir.clone(),
         database_url: database_url.clone(),
+        custodians: None,
     })
     .await
     .unwrap();

@@ -44,6 +44,12 @@ enum Cmd {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        /// Split the root key among N custodians (Shamir shares, each printed once) instead of writing root.key.
+        #[arg(long, value_name = "N", requires = "threshold", value_parser = clap::value_parser!(u8).range(2..=255))]
+        custodians: Option<u8>,
+        /// Shares needed to rebuild the root key (with --custodians).
+        #[arg(long, value_name = "K", requires = "custodians", value_parser = clap::value_parser!(u8).range(2..=255))]
+        threshold: Option<u8>,
     },
     /// Serve the HTTPS API.
     Serve {
@@ -108,12 +114,18 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
-        Cmd::Init { data_dir, json } => {
+        Cmd::Init {
+            data_dir,
+            json,
+            custodians,
+            threshold,
+        } => {
             tokengate_server::logging::init(Default::default());
             let database_url = std::env::var("DATABASE_URL").ok();
             let out = tokengate_vault::init(&InitOptions {
                 data_dir,
                 database_url,
+                custodians: custodians.zip(threshold),
             })
             .await?;
             if json {
@@ -146,10 +158,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn print_init(out: &tokengate_vault::InitOutput) {
     println!("Initialised {}", out.data_dir);
     println!("  database:         {}", out.database);
-    println!(
-        "  root key file:    {} (mode 0600; back it up apart from the database)",
-        out.root_key_file
-    );
+    match &out.root_key_file {
+        Some(f) => {
+            println!("  root key file:    {f} (mode 0600; back it up apart from the database)")
+        }
+        None => println!(
+            "  root key:         split among {} custodians, any {} of them unseal (no key file)",
+            out.shares.len(),
+            out.threshold.unwrap_or(0)
+        ),
+    }
     println!(
         "  TLS certificate:  {:?} in the certificate store (self-signed for localhost; see `tokengate certs`)",
         out.tls_certificate
@@ -158,6 +176,15 @@ fn print_init(out: &tokengate_vault::InitOutput) {
     println!();
     println!("Admin API key (shown once, store it now):");
     println!("  {}", out.admin_api_key);
+    if !out.shares.is_empty() {
+        println!();
+        println!(
+            "Custodian shares (each shown once: give each to its custodian now; tokengate never stores them):"
+        );
+        for (i, s) in out.shares.iter().enumerate() {
+            println!("  custodian {}: {s}", i + 1);
+        }
+    }
 }
 
 async fn serve(
@@ -185,6 +212,7 @@ async fn serve(
         let out = tokengate_vault::init(&InitOptions {
             data_dir: cfg.data_dir.clone(),
             database_url: cfg.database_url.clone(),
+            custodians: None,
         })
         .await?;
         print_init(&out);

@@ -51,6 +51,7 @@ impl Harness {
         let out = tokengate_vault::init(&InitOptions {
             data_dir: data_dir.clone(),
             database_url: None,
+            custodians: None,
         })
         .await
         .unwrap();
