@@ -133,6 +133,10 @@ pub enum Action {
     KeyDestroy,
     /// Key-ring versions were listed.
     KeyList,
+    /// Custodians unsealed the vault (detail: refused shares while sealed).
+    Unseal,
+    /// An administrator sealed the vault.
+    Seal,
 }
 
 impl Action {
@@ -172,6 +176,8 @@ impl Action {
             Action::KeyMinDecryption => "key_min_decryption",
             Action::KeyDestroy => "key_destroy",
             Action::KeyList => "key_list",
+            Action::Unseal => "unseal",
+            Action::Seal => "seal",
         }
     }
 }

@@ -27,6 +27,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub metrics: Option<PrometheusHandle>,
     pub ready: Arc<AtomicBool>,
+    /// Set when the data directory's root key is split among custodians.
+    pub seal: Option<Arc<crate::sealed::SealState>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -195,6 +197,9 @@ pub fn router(state: AppState) -> Router {
             "/v1/keys/{purpose}/versions/{version}",
             axum::routing::delete(routes::keys::destroy),
         )
+        .route("/v1/sys/unseal", post(crate::sealed::unseal))
+        .route("/v1/sys/seal", post(crate::sealed::seal))
+        .route("/v1/sys/seal-status", get(crate::sealed::seal_status))
         .route("/v1/audit/events", get(routes::audit::events))
         .route("/v1/audit/checkpoint", get(routes::audit::checkpoint))
         .route("/v1/audit/proofs/inclusion", get(routes::audit::inclusion))

@@ -17,6 +17,7 @@
 //! - [`edge`]: client address and scheme behind a proxy, redirect to HTTPS.
 //! - [`logging`]: the tracing subscriber whose writer masks card numbers.
 //! - [`config`]: file + environment configuration, validated before binding.
+//! - [`sealed`]: starting sealed (custodian shares), unseal and seal.
 
 #![forbid(unsafe_code)]
 
@@ -31,6 +32,7 @@ pub mod logging;
 pub mod openapi;
 pub mod routes;
 pub mod run;
+pub mod sealed;
 pub mod serve;
 pub mod tls;
 

@@ -4,6 +4,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{api_keys, audit, health, keys, tokens};
+use crate::sealed;
 
 struct BearerAuth;
 
@@ -31,6 +32,7 @@ impl Modify for BearerAuth {
         keys::list, keys::rotate, keys::min_version, keys::destroy, keys::rewrap, keys::rewrap_status,
         audit::events, audit::checkpoint, audit::inclusion, audit::consistency,
         health::healthz, health::readyz, health::metrics, health::openapi,
+        sealed::unseal, sealed::seal, sealed::seal_status,
     ),
     modifiers(&BearerAuth),
     tags((name = "tokens", description = "Card tokenization"), (name = "api-keys", description = "Access control"), (name = "keys", description = "Key ring: versions, rotation, rewrap, destroy (role admin)"), (name = "audit", description = "Audit log: search, checkpoints, proofs (role auditor)"), (name = "operations"))

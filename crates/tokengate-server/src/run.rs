@@ -49,6 +49,11 @@ pub enum StartError {
 
 /// Open the vault for `config`.
 pub async fn open_vault(config: &Config) -> Result<Arc<Vault>, tokengate_vault::VaultError> {
+    Ok(Arc::new(Vault::open(vault_config(config)).await?))
+}
+
+/// The vault settings of `config`.
+pub fn vault_config(config: &Config) -> VaultConfig {
     let mut vc = VaultConfig::new(&config.data_dir);
     vc.database_url = config.database_url.clone();
     vc.cvc_ttl = config.cvc_ttl();
@@ -60,7 +65,7 @@ pub async fn open_vault(config: &Config) -> Result<Arc<Vault>, tokengate_vault::
         .iter()
         .filter_map(|f| tokengate_vault::AuditHmacField::from_name(f))
         .collect();
-    Ok(Arc::new(Vault::open(vc).await?))
+    vc
 }
 
 /// Custodian shares from standard input, one per line (with a prompt on a
@@ -93,6 +98,7 @@ pub fn state(vault: Arc<Vault>, config: &Config) -> AppState {
         config: Arc::new(config.clone()),
         metrics: metrics_handle(),
         ready: Arc::new(AtomicBool::new(true)),
+        seal: None,
     }
 }
 
@@ -103,7 +109,10 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The plain-HTTP (redirect) address, when `http_listen` is set.
     pub http_addr: Option<SocketAddr>,
-    pub vault: Arc<Vault>,
+    /// The open vault (`None` when started sealed).
+    pub vault: Option<Arc<Vault>>,
+    /// The seal state (custodians data directories only).
+    pub seal: Option<Arc<crate::sealed::SealState>>,
     /// The certificates new handshakes get (swapped on reload).
     pub resolver: Arc<ReloadableResolver>,
     stop: Option<watch::Sender<bool>>,
@@ -165,29 +174,30 @@ async fn cryptoperiod_loop(
     }
 }
 
-/// Open, bind and serve in the background.
-pub async fn start(config: &Config) -> Result<Running, StartError> {
-    let vault = open_vault(config).await?;
+/// The background tasks and the router of an open vault.
+pub(crate) struct Services {
+    pub(crate) app: axum::Router,
+    pub(crate) tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Load `vault`'s certificates into `resolver`, start its background tasks
+/// and build its router. `config.listen` must name the bound address.
+pub(crate) async fn services(
+    vault: &Arc<Vault>,
+    config: &Config,
+    resolver: &Arc<ReloadableResolver>,
+    seal: Option<Arc<crate::sealed::SealState>>,
+) -> Result<Services, StartError> {
     vault.import_legacy_tls_files().await?;
     let default_cert = config.default_cert().map(str::to_owned);
     let generation = vault.tls_generation().await?;
-    let resolver = Arc::new(ReloadableResolver::new(
-        tls::load_resolver(&vault, default_cert.as_deref()).await?,
-    ));
-    let tls = tls::server_config(resolver.clone(), config.acme_tls_alpn())?;
-    let (listener, addr) = bind(config.listen_addr()).await?;
-    let http = match config.http_listen {
-        Some(a) => Some(bind(a).await?),
-        None => None,
-    };
-    // Redirects name the port actually bound (port 0 in tests).
-    let mut config = config.clone();
-    config.listen = Some(addr);
-    let sweeper = vault.spawn_cvc_sweeper(Duration::from_secs(config.cvc_sweep_secs));
-    let checkpointer = vault.spawn_checkpointer(
+    resolver.replace(tls::load_resolver(vault, default_cert.as_deref()).await?);
+    let mut tasks = Vec::new();
+    tasks.push(vault.spawn_cvc_sweeper(Duration::from_secs(config.cvc_sweep_secs)));
+    tasks.push(vault.spawn_checkpointer(
         Duration::from_secs(config.audit_checkpoint_secs),
         config.audit_checkpoint_records,
-    );
+    ));
     let drains = config
         .audit
         .drains
@@ -197,8 +207,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .map(crate::drain::Drain::new)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| StartError::Drain(format!("audit drain: {e}")))?;
-    let drain_tasks = crate::drain::spawn_all(vault.clone(), drains);
-    let retention = {
+    tasks.extend(crate::drain::spawn_all(vault.clone(), drains));
+    tasks.push({
         let vault = vault.clone();
         let days = config.audit_retention_days;
         let archive = config.data_dir.join("archive");
@@ -228,35 +238,63 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                 }
             }
         })
-    };
-    let reloader = tokio::spawn(tls::reload_loop(
+    });
+    tasks.push(tokio::spawn(tls::reload_loop(
         vault.clone(),
         resolver.clone(),
         default_cert,
         Duration::from_millis(config.tls_reload_ms),
         generation,
-    ));
-    let key_reload = tokio::spawn(key_reload_loop(
+    )));
+    tasks.push(tokio::spawn(key_reload_loop(
         vault.clone(),
         Duration::from_millis(config.key_reload_ms),
-    ));
-    let cryptoperiods = tokio::spawn(cryptoperiod_loop(
+    )));
+    tasks.push(tokio::spawn(cryptoperiod_loop(
         vault.clone(),
         config.cryptoperiods(),
         config.key_auto_rotate,
-    ));
-    let expiry = tokio::spawn(tls::expiry_loop(
+    )));
+    tasks.push(tokio::spawn(tls::expiry_loop(
         vault.clone(),
         Duration::from_secs(config.tls_expiry_check_secs),
-    ));
-    let acme = config.acme().map(|settings| {
-        tokio::spawn(crate::acme::acme_loop(
+    )));
+    if let Some(settings) = config.acme() {
+        tasks.push(tokio::spawn(crate::acme::acme_loop(
             vault.clone(),
             resolver.clone(),
             settings,
-        ))
-    });
-    let app = router(state(vault.clone(), &config));
+        )));
+    }
+    let mut st = state(vault.clone(), config);
+    st.seal = seal;
+    Ok(Services {
+        app: router(st),
+        tasks,
+    })
+}
+
+/// Open, bind and serve in the background. A data directory whose root key
+/// is split among custodians starts sealed (see [`crate::sealed`]).
+pub async fn start(config: &Config) -> Result<Running, StartError> {
+    let dir = tokengate_vault::DataDir(config.data_dir.clone());
+    if dir.custodians().exists() {
+        return start_sealed(config, &dir).await;
+    }
+    let vault = open_vault(config).await?;
+    let resolver = Arc::new(ReloadableResolver::new(tokengate_tls::SniResolver::new()));
+    let tls = tls::server_config(resolver.clone(), config.acme_tls_alpn())?;
+    let (listener, addr) = bind(config.listen_addr()).await?;
+    let http = match config.http_listen {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    // Redirects name the port actually bound (port 0 in tests).
+    let mut config = config.clone();
+    config.listen = Some(addr);
+    let services = services(&vault, &config, &resolver, None).await?;
+    let app = services.app;
+    let background = services.tasks;
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let http_addr = http.as_ref().map(|(_, a)| *a);
@@ -269,22 +307,79 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     }
     tasks.push(tokio::spawn(async move {
         crate::serve::serve(listener, Some(tls), app, stopped(stop_rx)).await;
-        sweeper.abort();
-        checkpointer.abort();
-        drain_tasks.iter().for_each(tokio::task::JoinHandle::abort);
-        retention.abort();
-        reloader.abort();
-        key_reload.abort();
-        cryptoperiods.abort();
-        expiry.abort();
-        if let Some(acme) = acme {
-            acme.abort();
-        }
+        background.iter().for_each(tokio::task::JoinHandle::abort);
     }));
     Ok(Running {
         addr,
         http_addr,
-        vault,
+        vault: Some(vault),
+        seal: None,
+        resolver,
+        stop: Some(stop),
+        tasks,
+    })
+}
+
+/// [`start`] for a custodians data directory: listen at once, sealed.
+async fn start_sealed(
+    config: &Config,
+    dir: &tokengate_vault::DataDir,
+) -> Result<Running, StartError> {
+    let path = dir.custodians();
+    let setup: tokengate_crypto::custodians::CustodianSetup = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| {
+            StartError::Vault(tokengate_vault::VaultError::Setup(format!(
+                "{} is missing or corrupt",
+                path.display()
+            )))
+        })?;
+    let (sealed_resolver, fingerprint) = crate::sealed::sealed_resolver()?;
+    let resolver = Arc::new(ReloadableResolver::new(sealed_resolver.clone()));
+    let tls = tls::server_config(resolver.clone(), config.acme_tls_alpn())?;
+    let (listener, addr) = bind(config.listen_addr()).await?;
+    let http = match config.http_listen {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let mut config = config.clone();
+    config.listen = Some(addr);
+    let current = Arc::new(std::sync::RwLock::new(axum::Router::new()));
+    let threshold = setup.threshold;
+    let seal = crate::sealed::SealState::new(
+        config.clone(),
+        setup,
+        current.clone(),
+        resolver.clone(),
+        sealed_resolver,
+    );
+    let app = crate::sealed::switch_router(current);
+    tracing::warn!(
+        threshold,
+        tls_sha256 = %fingerprint,
+        "sealed: card data is refused until {threshold} custodians enter their shares (`tokengate unseal --url https://{addr} --pin {fingerprint}`)"
+    );
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let http_addr = http.as_ref().map(|(_, a)| *a);
+    if let Some((listener, _)) = http {
+        let app = app.clone();
+        let rx = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            crate::serve::serve(listener, None, app, stopped(rx)).await;
+        }));
+    }
+    let on_stop = seal.clone();
+    tasks.push(tokio::spawn(async move {
+        crate::serve::serve(listener, Some(tls), app, stopped(stop_rx)).await;
+        on_stop.stop_tasks().await;
+    }));
+    Ok(Running {
+        addr,
+        http_addr,
+        vault: None,
+        seal: Some(seal),
         resolver,
         stop: Some(stop),
         tasks,

@@ -325,6 +325,15 @@ impl Vault {
         ev
     }
 
+    /// Commit audit records written by tokengate itself (unseal, seal);
+    /// fails closed like every audit write.
+    pub async fn record_system(
+        &self,
+        events: Vec<tokengate_audit::AuditEvent>,
+    ) -> Result<(), VaultError> {
+        self.record(events).await
+    }
+
     /// Reload the key ring from the store (after a change by this or
     /// another process).
     pub async fn reload_key_ring(&self) -> Result<(), VaultError> {

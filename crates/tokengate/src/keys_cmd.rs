@@ -320,3 +320,89 @@ async fn api_keys(args: ApiKeysArgs) -> Result<(), Failure> {
     vault.store().close().await;
     result
 }
+
+/// Where a running server is, for `unseal` / `seal`.
+#[derive(Args, Debug)]
+pub struct SysArgs {
+    /// The server's HTTPS address.
+    #[arg(long, default_value = "https://127.0.0.1:8443", env = "TOKENGATE_URL")]
+    url: String,
+    /// SHA-256 of the server's certificate (the sealed server logs it). Needed unless the URL is a loopback address.
+    #[arg(long)]
+    pin: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn sys_failure(json: bool, code: &str, message: &str) -> ExitCode {
+    let f = Failure {
+        code: "request_failed",
+        message: format!("{code}: {message}"),
+        exit: 1,
+    };
+    report(json, &f)
+}
+
+fn print_seal(json: bool, r: &tokengate_server::sealed::SealReply) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"sealed": r.sealed, "progress": r.progress, "threshold": r.threshold})
+        );
+    } else if r.sealed {
+        println!("sealed: {} of {} shares entered", r.progress, r.threshold);
+    } else {
+        println!("unsealed");
+    }
+}
+
+/// `tokengate unseal`: read one share (prompted on a terminal, else one line
+/// of standard input) and send it to the server.
+pub async fn run_unseal(args: SysArgs) -> ExitCode {
+    use std::io::BufRead;
+    let client = match tokengate_server::sealed::sys_client(&args.url, args.pin.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return report(args.json, &fail("invalid_arguments", e)),
+    };
+    if std::io::stdin().is_terminal() {
+        eprint!("Custodian share: ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = zeroize::Zeroizing::new(String::new());
+    if std::io::stdin().lock().read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+        return report(
+            args.json,
+            &fail("no_share", "no share given on standard input"),
+        );
+    }
+    match tokengate_server::sealed::send_unseal(&client, &args.url, line.trim()).await {
+        Ok(r) => {
+            print_seal(args.json, &r);
+            ExitCode::SUCCESS
+        }
+        Err((code, message)) => sys_failure(args.json, &code, &message),
+    }
+}
+
+/// `tokengate seal`: seal a running server (admin API key from
+/// `TOKENGATE_API_KEY`, never a flag: flags show in `ps`).
+pub async fn run_seal(args: SysArgs) -> ExitCode {
+    let Ok(key) = std::env::var("TOKENGATE_API_KEY") else {
+        return report(
+            args.json,
+            &fail("no_api_key", "set TOKENGATE_API_KEY to an admin API key"),
+        );
+    };
+    let client = match tokengate_server::sealed::sys_client(&args.url, args.pin.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return report(args.json, &fail("invalid_arguments", e)),
+    };
+    match tokengate_server::sealed::send_seal(&client, &args.url, &key).await {
+        Ok(r) => {
+            print_seal(args.json, &r);
+            ExitCode::SUCCESS
+        }
+        Err((code, message)) => sys_failure(args.json, &code, &message),
+    }
+}

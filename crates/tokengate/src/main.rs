@@ -73,6 +73,10 @@ enum Cmd {
     Keys(keys_cmd::KeysArgs),
     /// API keys: list (no subcommand), create, revoke.
     ApiKeys(keys_cmd::ApiKeysArgs),
+    /// Send one custodian share to a sealed server (prompted, or one line of standard input).
+    Unseal(keys_cmd::SysArgs),
+    /// Seal a running server: its root key is dropped from memory (admin key in TOKENGATE_API_KEY).
+    Seal(keys_cmd::SysArgs),
     /// Audit trail commands.
     Audit {
         #[command(subcommand)]
@@ -146,6 +150,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Domains(args) => Ok(certs::run_domains(args).await),
         Cmd::Keys(args) => Ok(keys_cmd::run_keys(args).await),
         Cmd::ApiKeys(args) => Ok(keys_cmd::run_api_keys(args).await),
+        Cmd::Unseal(args) => Ok(keys_cmd::run_unseal(args).await),
+        Cmd::Seal(args) => Ok(keys_cmd::run_seal(args).await),
         // Handled in `main` before the runtime starts.
         Cmd::Scan(_) => Ok(ExitCode::from(2)),
         Cmd::Openapi => {

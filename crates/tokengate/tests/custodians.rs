@@ -2,15 +2,17 @@
 //! --custodians 3 --threshold 2` prints three shares once and writes no key
 //! file; every command that needs the root key stays sealed with fewer than
 //! two valid shares, reports a wrong or mistyped share, and opens with any
-//! two; `serve` unseals from shares on standard input; no share appears in
-//! any file.
+//! two; `serve` starts sealed (card routes 503 `sealed`), K-1 shares sent
+//! to `POST /v1/sys/unseal` do not unseal, a bad share is reported, the K-th
+//! (through `tokengate unseal`) does; `tokengate seal` seals again; no share
+//! appears in any file.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use common::*;
 use serde_json::{Value, json};
@@ -129,39 +131,94 @@ fn shares_unseal_k_and_only_k() {
         assert!(v["keys"].as_array().unwrap().len() >= 7);
     }
 
-    // `serve` unseals from its standard input, then serves card data.
-    let log = std::fs::File::create(base.join("server.log")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tokengate"))
-        .env_remove("DATABASE_URL")
-        .env_remove("PORT")
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&dir)
+    // `serve` starts sealed: card routes answer 503 `sealed` until K shares
+    // arrive over the API.
+    let server = Server::start(&dir, &base.join("server.log"), &[]);
+    let addr = server.base.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let c = client();
+    rt.block_on(async {
+        let r = c.get(format!("{addr}/healthz")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let r = c.get(format!("{addr}/readyz")).send().await.unwrap();
+        assert_eq!(r.status(), 503);
+        let r = c
+            .post(format!("{addr}/v1/tokens"))
+            .bearer_auth(&admin)
+            .json(
+                &json!({"card": {"number": "4242424242424242", "exp_month": 1, "exp_year": 2039}}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "sealed");
+        let unseal = |share: String| {
+            let c = c.clone();
+            let addr = addr.clone();
+            async move {
+                c.post(format!("{addr}/v1/sys/unseal"))
+                    .json(&json!({ "share": share }))
+                    .send()
+                    .await
+                    .unwrap()
+            }
+        };
+        let r = unseal(shares[0].clone()).await;
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v, json!({"sealed": true, "progress": 1, "threshold": 2}));
+        // A bad share is reported and does not count.
+        let r = unseal(foreign[1].clone()).await;
+        assert_eq!(r.status(), 422);
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "share_unknown");
+        assert!(!e.to_string().contains("tgs1-"));
+        let v: Value = c
+            .get(format!("{addr}/v1/sys/seal-status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v, json!({"sealed": true, "progress": 1, "threshold": 2}));
+        let r = c
+            .post(format!("{addr}/v1/tokens/tok_x/reveal"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503, "K-1 shares do not unseal");
+    });
+    // The second share through `tokengate unseal` (loopback: no pin needed).
+    let mut child = bin()
+        .args(["unseal", "--json", "--url", &addr])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     child
         .stdin
         .take()
         .unwrap()
-        .write_all(format!("{}\n{}\n", shares[1], shares[2]).as_bytes())
+        .write_all(format!("{}\n", shares[2]).as_bytes())
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("server exited").unwrap();
-        if let Some(a) = line.strip_prefix("tokengate listening on ") {
-            break a.trim().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let c = client();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["sealed"], false);
+    let token = rt.block_on(async {
         let key = new_key(&c, &addr, &admin, &["tokenize", "reveal"]).await;
         let v: Value = c
             .post(format!("{addr}/v1/tokens"))
@@ -186,10 +243,45 @@ fn shares_unseal_k_and_only_k() {
             .await
             .unwrap();
         assert_eq!(v["card"]["number"], "4242424242424242");
+        // The unseal is audited, with the share refused while sealed.
+        let auditor = new_key(&c, &addr, &admin, &["auditor"]).await;
+        let v: Value = c
+            .get(format!("{addr}/v1/audit/events?action=unseal"))
+            .bearer_auth(&auditor)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let detail = v["events"][0]["event"]["detail"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(detail.contains("refused_shares_while_sealed=1"), "{detail}");
+        token
     });
-    let _ = child.kill();
-    let _ = child.wait();
-
+    // `tokengate seal` (admin): card routes refuse again.
+    let out = bin()
+        .args(["seal", "--json", "--url", &addr])
+        .env("TOKENGATE_API_KEY", &admin)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rt.block_on(async {
+        let r = c
+            .get(format!("{addr}/v1/tokens/{token}"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+    });
+    drop(server);
     // No share, in text or as raw bytes, is in any file the vault wrote.
     let mut needles: Vec<String> = shares.clone();
     for s in &shares {

@@ -81,7 +81,7 @@ impl Harness {
     }
 
     pub fn vault(&self) -> &tokengate_vault::Vault {
-        &self.running.as_ref().unwrap().vault
+        self.running.as_ref().unwrap().vault.as_ref().unwrap()
     }
 
     pub async fn stop(mut self) {
