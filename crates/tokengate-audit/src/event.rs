@@ -137,6 +137,20 @@ pub enum Action {
     WebhookDeadLetter,
     /// Dead-lettered webhook events were queued again (`webhooks dlq replay`).
     WebhookReplay,
+    /// A new key version became the active one for its purpose.
+    KeyRotate,
+    /// A re-keying job (DEK rewrap or re-fingerprint) started or finished.
+    KeyRewrap,
+    /// The minimum decryption version of a purpose changed.
+    KeyMinDecryption,
+    /// A key version was destroyed (its wrapped key erased).
+    KeyDestroy,
+    /// Key-ring versions were listed.
+    KeyList,
+    /// Custodians unsealed the vault (detail: refused shares while sealed).
+    Unseal,
+    /// An administrator sealed the vault.
+    Seal,
 }
 
 impl Action {
@@ -177,6 +191,13 @@ impl Action {
             Action::WebhookReject => "webhook_reject",
             Action::WebhookDeadLetter => "webhook_dead_letter",
             Action::WebhookReplay => "webhook_replay",
+            Action::KeyRotate => "key_rotate",
+            Action::KeyRewrap => "key_rewrap",
+            Action::KeyMinDecryption => "key_min_decryption",
+            Action::KeyDestroy => "key_destroy",
+            Action::KeyList => "key_list",
+            Action::Unseal => "unseal",
+            Action::Seal => "seal",
         }
     }
 }

@@ -64,6 +64,10 @@ impl Envelope {
 
     fn unwrap_dek(&self, ring: &KeyRing, aad: RecordAad<'_>) -> Result<Key256, CryptoError> {
         let kek = ring.aead(KeyPurpose::Data, self.kek_version)?;
+        self.unwrap_dek_with(kek, aad)
+    }
+
+    fn unwrap_dek_with(&self, kek: &AeadKey, aad: RecordAad<'_>) -> Result<Key256, CryptoError> {
         let raw = SecretBytes::new(kek.open(
             &aad.bytes("tokengate/dek/v1", self.kek_version),
             &self.wrapped_dek,
@@ -79,10 +83,30 @@ impl Envelope {
             .map(SecretBytes::new)
     }
 
+    /// Decrypt the payload for re-keying inside the vault (re-fingerprinting
+    /// after a fingerprint-key rotation). Unlike [`open`](Self::open) this
+    /// works under a data KEK below the minimum decryption version, so that
+    /// such records can still be moved; the plaintext must never be returned
+    /// to a caller.
+    pub fn open_for_rekey(
+        &self,
+        ring: &KeyRing,
+        aad: RecordAad<'_>,
+    ) -> Result<SecretBytes, CryptoError> {
+        let kek = ring.aead_for_rekey(KeyPurpose::Data, self.kek_version)?;
+        let dek = self.unwrap_dek_with(kek, aad)?;
+        AeadKey::new(dek.expose())?
+            .open(&aad.bytes("tokengate/record/v1", 0), &self.ciphertext)
+            .map(SecretBytes::new)
+    }
+
     /// Move the DEK to the active data KEK. The payload ciphertext is kept
-    /// as it is: no card data is decrypted.
+    /// as it is: no card data is decrypted. Works from any held version,
+    /// including one below the minimum decryption version (that is how
+    /// records leave it).
     pub fn rewrap(&self, ring: &KeyRing, aad: RecordAad<'_>) -> Result<Envelope, CryptoError> {
-        let dek = self.unwrap_dek(ring, aad)?;
+        let kek = ring.aead_for_rekey(KeyPurpose::Data, self.kek_version)?;
+        let dek = self.unwrap_dek_with(kek, aad)?;
         let version = ring.active_version(KeyPurpose::Data)?;
         let wrapped_dek = ring
             .aead(KeyPurpose::Data, version)?
@@ -183,6 +207,40 @@ mod tests {
             ..env_a.clone()
         };
         assert!(relabelled.open(&ring, a).is_err());
+    }
+
+    #[test]
+    fn rewrap_moves_the_dek_and_keeps_the_ciphertext() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = FileRootKey::create(&dir.path().join("root.key")).unwrap();
+        let mut keys = KeyRing::generate_initial(&root, 0).unwrap();
+        let v1 = KeyRing::load(&root, &keys, &HashMap::new()).unwrap();
+        let aad = RecordAad {
+            tenant: "t",
+            token: "tok_a",
+        };
+        let env = Envelope::seal(&v1, aad, b"card").unwrap();
+        keys.push(KeyRing::generate_version(&root, KeyPurpose::Data, 2, 0).unwrap());
+        // Version 1 below the minimum decryption version: open refuses it,
+        // rewrap still moves the record off it.
+        let min = HashMap::from([(KeyPurpose::Data, 2)]);
+        let v2 = KeyRing::load(&root, &keys, &min).unwrap();
+        assert!(matches!(
+            env.open(&v2, aad),
+            Err(CryptoError::KeyVersionRetired { .. })
+        ));
+        let moved = env.rewrap(&v2, aad).unwrap();
+        assert_eq!(moved.kek_version, 2);
+        assert_eq!(moved.ciphertext, env.ciphertext);
+        assert_ne!(moved.wrapped_dek, env.wrapped_dek);
+        assert_eq!(moved.open(&v2, aad).unwrap().expose(), b"card");
+        assert_eq!(env.open_for_rekey(&v2, aad).unwrap().expose(), b"card");
+        // Bound to its record: another token cannot rewrap it.
+        let other = RecordAad {
+            tenant: "t",
+            token: "tok_b",
+        };
+        assert!(env.rewrap(&v2, other).is_err());
     }
 
     #[test]

@@ -246,6 +246,47 @@ impl KeyRing {
             .unwrap_or_default()
     }
 
+    /// The minimum decryption version of `purpose` (0 when none is set).
+    pub fn min_decryption_version(&self, purpose: KeyPurpose) -> u32 {
+        self.purposes.get(&purpose).map_or(0, |p| p.min_decrypt)
+    }
+
+    /// Every version of `purpose` still held (not destroyed), whatever its
+    /// state, oldest first.
+    pub fn held_versions(&self, purpose: KeyPurpose) -> Vec<u32> {
+        self.purposes
+            .get(&purpose)
+            .map(|p| p.versions.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// A held version for re-keying only (rewrap, re-fingerprint): retired
+    /// versions and versions below the minimum decryption version still
+    /// unwrap a DEK here, so that records can be moved off them; destroyed
+    /// versions are gone. Card data opened this way never leaves the vault.
+    fn entry_for_rekey(&self, purpose: KeyPurpose, version: u32) -> Result<&Entry, CryptoError> {
+        self.purposes
+            .get(&purpose)
+            .and_then(|p| p.versions.get(&version))
+            .ok_or(CryptoError::UnknownKeyVersion {
+                purpose: purpose.as_str(),
+                version,
+            })
+    }
+
+    /// The AEAD key of `purpose` at `version` for re-keying (see
+    /// [`entry_for_rekey`](Self::entry_for_rekey)).
+    pub fn aead_for_rekey(
+        &self,
+        purpose: KeyPurpose,
+        version: u32,
+    ) -> Result<&AeadKey, CryptoError> {
+        self.entry_for_rekey(purpose, version)?
+            .aead
+            .as_ref()
+            .ok_or(CryptoError::Library)
+    }
+
     fn entry(&self, purpose: KeyPurpose, version: u32) -> Result<&Entry, CryptoError> {
         let pk = self
             .purposes
@@ -332,6 +373,38 @@ impl KeyRing {
     }
 }
 
+/// The key ring a running vault uses, replaceable while it runs (after a
+/// rotation, another process's included). Readers take a cheap snapshot.
+#[derive(Debug)]
+pub struct SharedRing {
+    current: std::sync::RwLock<std::sync::Arc<KeyRing>>,
+}
+
+impl SharedRing {
+    pub fn new(ring: KeyRing) -> SharedRing {
+        SharedRing {
+            current: std::sync::RwLock::new(std::sync::Arc::new(ring)),
+        }
+    }
+
+    /// The current ring. Operations hold the snapshot for their duration.
+    pub fn get(&self) -> std::sync::Arc<KeyRing> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Replace the ring; operations already running keep their snapshot.
+    pub fn set(&self, ring: KeyRing) {
+        let new = std::sync::Arc::new(ring);
+        match self.current.write() {
+            Ok(mut g) => *g = new,
+            Err(p) => *p.into_inner() = new,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,5 +462,21 @@ mod tests {
             Err(CryptoError::KeyVersionRetired { .. })
         ));
         assert!(ring.aead(KeyPurpose::Data, 2).is_ok());
+        // Re-keying may still use the old version, so records can move off it.
+        assert!(ring.aead_for_rekey(KeyPurpose::Data, 1).is_ok());
+        assert_eq!(ring.min_decryption_version(KeyPurpose::Data), 2);
+        assert_eq!(ring.held_versions(KeyPurpose::Data), vec![1, 2]);
+    }
+
+    #[test]
+    fn destroyed_version_is_gone_even_for_rekey() {
+        let (_d, root, mut keys) = ring();
+        let mut v2 = KeyRing::generate_version(&root, KeyPurpose::Data, 2, 0).unwrap();
+        v2.state = KeyState::Destroyed;
+        v2.wrapped.clear();
+        keys.push(v2);
+        let ring = KeyRing::load(&root, &keys, &HashMap::new()).unwrap();
+        assert!(ring.aead_for_rekey(KeyPurpose::Data, 2).is_err());
+        assert_eq!(ring.active_version(KeyPurpose::Data).unwrap(), 1);
     }
 }

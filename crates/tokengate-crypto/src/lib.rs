@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod aead;
+pub mod custodians;
 pub mod envelope;
 pub mod keyring;
 pub mod random;
@@ -29,7 +30,7 @@ pub mod secret;
 pub mod tls_key;
 
 pub use envelope::{Envelope, RecordAad};
-pub use keyring::{KeyPurpose, KeyRing, KeyState, WrappedKey};
+pub use keyring::{KeyPurpose, KeyRing, KeyState, SharedRing, WrappedKey};
 pub use root::{FileRootKey, RootKeyProvider};
 pub use secret::{Key256, SecretBytes};
 pub use tls_key::{PrivateKeyAad, open_private_key, seal_private_key};

@@ -29,6 +29,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// `[[webhooks.sources]]` verifiers, rate limits and delivery wake-ups.
     pub webhooks: Arc<crate::webhooks::Receivers>,
+    /// Set when the data directory's root key is split among custodians.
+    pub seal: Option<Arc<crate::sealed::SealState>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -183,6 +185,23 @@ pub fn router(state: AppState) -> Router {
             "/v1/api-keys/{id}",
             axum::routing::delete(routes::api_keys::revoke),
         )
+        .route("/v1/keys", get(routes::keys::list))
+        .route(
+            "/v1/keys/rewrap",
+            post(routes::keys::rewrap).get(routes::keys::rewrap_status),
+        )
+        .route("/v1/keys/{purpose}/rotate", post(routes::keys::rotate))
+        .route(
+            "/v1/keys/{purpose}/min-decryption-version",
+            post(routes::keys::min_version),
+        )
+        .route(
+            "/v1/keys/{purpose}/versions/{version}",
+            axum::routing::delete(routes::keys::destroy),
+        )
+        .route("/v1/sys/unseal", post(crate::sealed::unseal))
+        .route("/v1/sys/seal", post(crate::sealed::seal))
+        .route("/v1/sys/seal-status", get(crate::sealed::seal_status))
         .route("/v1/audit/events", get(routes::audit::events))
         .route("/v1/audit/checkpoint", get(routes::audit::checkpoint))
         .route("/v1/audit/proofs/inclusion", get(routes::audit::inclusion))

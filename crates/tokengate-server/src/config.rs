@@ -118,6 +118,19 @@ pub struct Config {
     pub tls_reload_ms: u64,
     /// How often certificate expiry is checked (metric, warnings), seconds.
     pub tls_expiry_check_secs: u64,
+    /// How often a running server checks the store for key-ring changes
+    /// (a rotation by the CLI or another node), in milliseconds (100–10000).
+    pub key_reload_ms: u64,
+    /// Cryptoperiod of the data KEK (wraps record DEKs), days; 0: none.
+    /// `serve` warns (log + audit alert) when the active version is older.
+    pub data_key_cryptoperiod_days: u64,
+    /// Cryptoperiod of the PAN fingerprint key, days; 0: none.
+    pub fingerprint_key_cryptoperiod_days: u64,
+    /// Cryptoperiod of the CVC key, days; 0: none.
+    pub cvc_key_cryptoperiod_days: u64,
+    /// Rotate a key automatically when its cryptoperiod is exceeded (records
+    /// move to the new version with `tokengate keys rewrap`).
+    pub key_auto_rotate: bool,
     /// Optional plain-HTTP listener that only redirects to HTTPS (308),
     /// except ACME HTTP-01 paths.
     pub http_listen: Option<SocketAddr>,
@@ -211,6 +224,11 @@ impl Default for Config {
             tls_unknown_sni: UnknownSni::Default,
             tls_reload_ms: 250,
             tls_expiry_check_secs: 3600,
+            key_reload_ms: 1000,
+            data_key_cryptoperiod_days: 365,
+            fingerprint_key_cryptoperiod_days: 365,
+            cvc_key_cryptoperiod_days: 365,
+            key_auto_rotate: false,
             http_listen: None,
             public_https_port: None,
             behind_proxy: false,
@@ -365,6 +383,31 @@ impl Config {
                 v.parse()
                     .map_err(|_| cerr("TOKENGATE_PUBLIC_HTTPS_PORT", "must be a port number"))?,
             );
+        }
+        if let Some(v) = env.get("TOKENGATE_KEY_RELOAD_MS") {
+            cfg.key_reload_ms = parse_num("TOKENGATE_KEY_RELOAD_MS", v)?;
+        }
+        if let Some(v) = env.get("TOKENGATE_DATA_KEY_CRYPTOPERIOD_DAYS") {
+            cfg.data_key_cryptoperiod_days = parse_num("TOKENGATE_DATA_KEY_CRYPTOPERIOD_DAYS", v)?;
+        }
+        if let Some(v) = env.get("TOKENGATE_FINGERPRINT_KEY_CRYPTOPERIOD_DAYS") {
+            cfg.fingerprint_key_cryptoperiod_days =
+                parse_num("TOKENGATE_FINGERPRINT_KEY_CRYPTOPERIOD_DAYS", v)?;
+        }
+        if let Some(v) = env.get("TOKENGATE_CVC_KEY_CRYPTOPERIOD_DAYS") {
+            cfg.cvc_key_cryptoperiod_days = parse_num("TOKENGATE_CVC_KEY_CRYPTOPERIOD_DAYS", v)?;
+        }
+        if let Some(v) = env.get("TOKENGATE_KEY_AUTO_ROTATE") {
+            cfg.key_auto_rotate = match v.as_str() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => {
+                    return Err(cerr(
+                        "TOKENGATE_KEY_AUTO_ROTATE",
+                        "must be `true` or `false`",
+                    ));
+                }
+            };
         }
         if let Some(v) = env.get("TOKENGATE_BEHIND_PROXY") {
             cfg.behind_proxy = match v.as_str() {
@@ -575,6 +618,24 @@ impl Config {
         if !(100..=10_000).contains(&self.tls_reload_ms) {
             return Err(cerr("tls_reload_ms", "must be 100-10000"));
         }
+        if !(100..=10_000).contains(&self.key_reload_ms) {
+            return Err(cerr("key_reload_ms", "must be 100-10000"));
+        }
+        for (field, days) in [
+            (
+                "data_key_cryptoperiod_days",
+                self.data_key_cryptoperiod_days,
+            ),
+            (
+                "fingerprint_key_cryptoperiod_days",
+                self.fingerprint_key_cryptoperiod_days,
+            ),
+            ("cvc_key_cryptoperiod_days", self.cvc_key_cryptoperiod_days),
+        ] {
+            if days > 36_500 {
+                return Err(cerr(field, "must be 0 (no cryptoperiod) to 36500 days"));
+            }
+        }
         if !(1..=86_400).contains(&self.tls_expiry_check_secs) {
             return Err(cerr("tls_expiry_check_secs", "must be 1-86400"));
         }
@@ -622,6 +683,19 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The configured cryptoperiods, days per key purpose (0: none).
+    pub fn cryptoperiods(&self) -> Vec<(tokengate_crypto::KeyPurpose, u64)> {
+        use tokengate_crypto::KeyPurpose;
+        vec![
+            (KeyPurpose::Data, self.data_key_cryptoperiod_days),
+            (
+                KeyPurpose::Fingerprint,
+                self.fingerprint_key_cryptoperiod_days,
+            ),
+            (KeyPurpose::Cvc, self.cvc_key_cryptoperiod_days),
+        ]
     }
 
     /// `trusted_proxies` parsed.
@@ -716,6 +790,41 @@ mod tests {
         assert!(e.field.contains("max_body_bytes"), "{e}");
         std::fs::write(&f, "colour = 1\n").unwrap();
         assert!(Config::load(Some(&f), &env(&[])).is_err());
+    }
+
+    #[test]
+    fn key_lifecycle_settings() {
+        let c = Config::load(None, &env(&[])).unwrap();
+        assert_eq!(c.key_reload_ms, 1000);
+        assert_eq!(c.data_key_cryptoperiod_days, 365);
+        assert!(!c.key_auto_rotate);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "data_key_cryptoperiod_days = 90\nfingerprint_key_cryptoperiod_days = 0\nkey_auto_rotate = true\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&f), &env(&[])).unwrap();
+        assert_eq!(
+            c.cryptoperiods(),
+            vec![
+                (tokengate_crypto::KeyPurpose::Data, 90),
+                (tokengate_crypto::KeyPurpose::Fingerprint, 0),
+                (tokengate_crypto::KeyPurpose::Cvc, 365)
+            ]
+        );
+        assert!(c.key_auto_rotate);
+        let e = Config::load(None, &env(&[("TOKENGATE_KEY_RELOAD_MS", "5")])).unwrap_err();
+        assert_eq!(e.field, "key_reload_ms");
+        let e = Config::load(None, &env(&[("TOKENGATE_KEY_AUTO_ROTATE", "yes")])).unwrap_err();
+        assert_eq!(e.field, "TOKENGATE_KEY_AUTO_ROTATE");
+        let e = Config::load(
+            None,
+            &env(&[("TOKENGATE_DATA_KEY_CRYPTOPERIOD_DAYS", "99999")]),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "data_key_cryptoperiod_days");
     }
 
     #[test]

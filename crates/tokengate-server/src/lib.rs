@@ -21,6 +21,7 @@
 //! - [`webhooks`]: `POST /webhooks/{source}` (verify, de-duplicate, store
 //!   durably) and at-least-once delivery to the app and NATS JetStream.
 //! - [`config`]: file + environment configuration, validated before binding.
+//! - [`sealed`]: starting sealed (custodian shares), unseal and seal.
 
 #![forbid(unsafe_code)]
 
@@ -36,6 +37,7 @@ pub mod openapi;
 pub mod proxy;
 pub mod routes;
 pub mod run;
+pub mod sealed;
 pub mod serve;
 pub mod tls;
 pub mod webhooks;

@@ -3,7 +3,8 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{api_keys, audit, health, tokens};
+use crate::routes::{api_keys, audit, health, keys, tokens};
+use crate::sealed;
 
 struct BearerAuth;
 
@@ -28,12 +29,14 @@ impl Modify for BearerAuth {
     paths(
         tokens::create, tokens::batch, tokens::info, tokens::reveal, tokens::delete, tokens::search,
         api_keys::create, api_keys::list, api_keys::revoke,
+        keys::list, keys::rotate, keys::min_version, keys::destroy, keys::rewrap, keys::rewrap_status,
         audit::events, audit::checkpoint, audit::inclusion, audit::consistency,
         health::healthz, health::readyz, health::metrics, health::openapi,
         crate::webhooks::receive::receive,
+        sealed::unseal, sealed::seal, sealed::seal_status,
     ),
     modifiers(&BearerAuth),
-    tags((name = "tokens", description = "Card tokenization"), (name = "api-keys", description = "Access control"), (name = "audit", description = "Audit log: search, checkpoints, proofs (role auditor)"), (name = "operations"), (name = "webhooks", description = "Inbound webhooks: verified, de-duplicated, stored, then delivered"))
+    tags((name = "tokens", description = "Card tokenization"), (name = "api-keys", description = "Access control"), (name = "keys", description = "Key ring: versions, rotation, rewrap, destroy (role admin)"), (name = "audit", description = "Audit log: search, checkpoints, proofs (role auditor)"), (name = "operations"), (name = "webhooks", description = "Inbound webhooks: verified, de-duplicated, stored, then delivered"))
 )]
 pub struct ApiDoc;
 

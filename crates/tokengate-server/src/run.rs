@@ -51,17 +51,46 @@ pub enum StartError {
 
 /// Open the vault for `config`.
 pub async fn open_vault(config: &Config) -> Result<Arc<Vault>, tokengate_vault::VaultError> {
+    Ok(Arc::new(Vault::open(vault_config(config)).await?))
+}
+
+/// The vault settings of `config`.
+pub fn vault_config(config: &Config) -> VaultConfig {
     let mut vc = VaultConfig::new(&config.data_dir);
     vc.database_url = config.database_url.clone();
     vc.cvc_ttl = config.cvc_ttl();
     vc.lockout = config.lockout();
     vc.reveal_alert_per_minute = config.reveal_alert_per_minute;
+    vc.share_source = Some(stdin_shares());
     vc.audit_hmac_fields = config
         .audit_hmac_fields
         .iter()
         .filter_map(|f| tokengate_vault::AuditHmacField::from_name(f))
         .collect();
-    Ok(Arc::new(Vault::open(vc).await?))
+    vc
+}
+
+/// Custodian shares from standard input, one per line (with a prompt on a
+/// terminal). Used only when the data directory's root key is split among
+/// custodians.
+fn stdin_shares() -> tokengate_vault::ShareSource {
+    use std::io::{BufRead, IsTerminal, Write};
+    tokengate_vault::ShareSource(Arc::new(|threshold: u8, progress: u8| {
+        let stdin = std::io::stdin();
+        if stdin.is_terminal() {
+            // A prompt for the person at the console, not a log line.
+            let mut err = std::io::stderr();
+            let _ = write!(err, "Custodian share {} of {threshold}: ", progress + 1);
+            let _ = err.flush();
+        }
+        let mut line = zeroize::Zeroizing::new(String::new());
+        match stdin.lock().read_line(&mut line) {
+            Ok(n) if n > 0 && !line.trim().is_empty() => {
+                Some(zeroize::Zeroizing::new(line.trim().to_owned()))
+            }
+            _ => None,
+        }
+    }))
 }
 
 /// Build the shared state for `vault`.
@@ -72,6 +101,7 @@ pub fn state(vault: Arc<Vault>, config: &Config) -> AppState {
         metrics: metrics_handle(),
         ready: Arc::new(AtomicBool::new(true)),
         webhooks: Arc::new(crate::webhooks::Receivers::new(&config.webhooks)),
+        seal: None,
     }
 }
 
@@ -86,7 +116,10 @@ pub struct Running {
     pub proxy_addr: Option<SocketAddr>,
     /// The outbound forward proxy's address, when `[outbound] listen` is set.
     pub forward_addr: Option<SocketAddr>,
-    pub vault: Arc<Vault>,
+    /// The open vault (`None` when started sealed).
+    pub vault: Option<Arc<Vault>>,
+    /// The seal state (custodians data directories only).
+    pub seal: Option<Arc<crate::sealed::SealState>>,
     /// The certificates new handshakes get (swapped on reload).
     pub resolver: Arc<ReloadableResolver>,
     stop: Option<watch::Sender<bool>>,
@@ -119,47 +152,59 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// Open, bind and serve in the background.
-pub async fn start(config: &Config) -> Result<Running, StartError> {
-    let vault = open_vault(config).await?;
+/// Pick up key-ring changes made by another process (the CLI's `keys
+/// rotate`, another node) within `every`.
+async fn key_reload_loop(vault: Arc<Vault>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = vault.refresh_key_ring().await {
+            tracing::error!(code = e.code(), error = %e, "key ring reload failed; keeping the current ring");
+        }
+    }
+}
+
+/// Warn (and optionally rotate) when an active key is past its
+/// cryptoperiod: at start, then once an hour.
+async fn cryptoperiod_loop(
+    vault: Arc<Vault>,
+    periods: Vec<(tokengate_crypto::KeyPurpose, u64)>,
+    auto_rotate: bool,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        if let Err(e) = vault.check_cryptoperiods(&periods, auto_rotate).await {
+            tracing::error!(code = e.code(), error = %e, "cryptoperiod check failed");
+        }
+    }
+}
+
+/// The background tasks and the router of an open vault.
+pub(crate) struct Services {
+    pub(crate) app: axum::Router,
+    pub(crate) tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Load `vault`'s certificates into `resolver`, start its background tasks
+/// and build its router. `config.listen` must name the bound address.
+pub(crate) async fn services(
+    vault: &Arc<Vault>,
+    config: &Config,
+    resolver: &Arc<ReloadableResolver>,
+    seal: Option<Arc<crate::sealed::SealState>>,
+) -> Result<Services, StartError> {
     vault.import_legacy_tls_files().await?;
     let default_cert = config.default_cert().map(str::to_owned);
     let generation = vault.tls_generation().await?;
-    let resolver = Arc::new(ReloadableResolver::new(
-        tls::load_resolver(&vault, default_cert.as_deref()).await?,
-    ));
-    let tls = tls::server_config(resolver.clone(), config.acme_tls_alpn())?;
-    let (listener, addr) = bind(config.listen_addr()).await?;
-    let http = match config.http_listen {
-        Some(a) => Some(bind(a).await?),
-        None => None,
-    };
-    let proxy = match &config.proxy {
-        Some(p) => {
-            let rules = crate::proxy::Rules::build(config).map_err(StartError::Proxy)?;
-            let (listener, addr) = bind(p.listen).await?;
-            let forward = match config.outbound.listen {
-                Some(a) => {
-                    let ca = vault
-                        .outbound_ca(true)
-                        .await?
-                        .ok_or_else(|| StartError::Proxy("no outbound CA".into()))?;
-                    Some((bind(a).await?, ca))
-                }
-                None => None,
-            };
-            Some((listener, addr, p.tls, rules, forward))
-        }
-        None => None,
-    };
-    // Redirects name the port actually bound (port 0 in tests).
-    let mut config = config.clone();
-    config.listen = Some(addr);
-    let sweeper = vault.spawn_cvc_sweeper(Duration::from_secs(config.cvc_sweep_secs));
-    let checkpointer = vault.spawn_checkpointer(
+    resolver.replace(tls::load_resolver(vault, default_cert.as_deref()).await?);
+    let mut tasks = Vec::new();
+    tasks.push(vault.spawn_cvc_sweeper(Duration::from_secs(config.cvc_sweep_secs)));
+    tasks.push(vault.spawn_checkpointer(
         Duration::from_secs(config.audit_checkpoint_secs),
         config.audit_checkpoint_records,
-    );
+    ));
     let drains = config
         .audit
         .drains
@@ -169,8 +214,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .map(crate::drain::Drain::new)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| StartError::Drain(format!("audit drain: {e}")))?;
-    let drain_tasks = crate::drain::spawn_all(vault.clone(), drains);
-    let retention = {
+    tasks.extend(crate::drain::spawn_all(vault.clone(), drains));
+    tasks.push({
         let vault = vault.clone();
         let days = config.audit_retention_days;
         let archive = config.data_dir.join("archive");
@@ -200,66 +245,72 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                 }
             }
         })
-    };
-    let reloader = tokio::spawn(tls::reload_loop(
+    });
+    tasks.push(tokio::spawn(tls::reload_loop(
         vault.clone(),
         resolver.clone(),
         default_cert,
         Duration::from_millis(config.tls_reload_ms),
         generation,
-    ));
-    let expiry = tokio::spawn(tls::expiry_loop(
+    )));
+    tasks.push(tokio::spawn(key_reload_loop(
+        vault.clone(),
+        Duration::from_millis(config.key_reload_ms),
+    )));
+    tasks.push(tokio::spawn(cryptoperiod_loop(
+        vault.clone(),
+        config.cryptoperiods(),
+        config.key_auto_rotate,
+    )));
+    tasks.push(tokio::spawn(tls::expiry_loop(
         vault.clone(),
         Duration::from_secs(config.tls_expiry_check_secs),
-    ));
-    let acme = config.acme().map(|settings| {
-        tokio::spawn(crate::acme::acme_loop(
+    )));
+    if let Some(settings) = config.acme() {
+        tasks.push(tokio::spawn(crate::acme::acme_loop(
             vault.clone(),
             resolver.clone(),
             settings,
-        ))
-    });
-    let state = state(vault.clone(), &config);
-    let webhook_tasks =
-        crate::webhooks::deliver::spawn_all(vault.clone(), &config.webhooks, &state.webhooks)
-            .map_err(|e| StartError::Drain(format!("webhook delivery: {e}")))?;
-    let app = router(state);
+        )));
+    }
+    let mut st = state(vault.clone(), config);
+    st.seal = seal;
+    tasks.extend(
+        crate::webhooks::deliver::spawn_all(vault.clone(), &config.webhooks, &st.webhooks)
+            .map_err(|e| StartError::Drain(format!("webhook delivery: {e}")))?,
+    );
+    Ok(Services {
+        app: router(st),
+        tasks,
+    })
+}
+
+/// Open, bind and serve in the background. A data directory whose root key
+/// is split among custodians starts sealed (see [`crate::sealed`]).
+pub async fn start(config: &Config) -> Result<Running, StartError> {
+    let dir = tokengate_vault::DataDir(config.data_dir.clone());
+    if dir.custodians().exists() {
+        return start_sealed(config, &dir).await;
+    }
+    let vault = open_vault(config).await?;
+    let resolver = Arc::new(ReloadableResolver::new(tokengate_tls::SniResolver::new()));
+    let tls = tls::server_config(resolver.clone(), config.acme_tls_alpn())?;
+    let (listener, addr) = bind(config.listen_addr()).await?;
+    let http = match config.http_listen {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    // Redirects name the port actually bound (port 0 in tests).
+    let mut config = config.clone();
+    config.listen = Some(addr);
+    let services = services(&vault, &config, &resolver, None).await?;
+    let app = services.app;
+    let mut background = services.tasks;
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let http_addr = http.as_ref().map(|(_, a)| *a);
-    let proxy_addr = proxy.as_ref().map(|(_, a, _, _, _)| *a);
-    let forward_addr = proxy
-        .as_ref()
-        .and_then(|(_, _, _, _, f)| f.as_ref().map(|((_, a), _)| *a));
-    let mut proxy_reloader = None;
-    if let Some((listener, _, use_tls, rules, forward)) = proxy {
-        let pstate = crate::proxy::ProxyState::new(vault.clone(), rules);
-        if let Some(((flistener, _), ca)) = forward {
-            let fwd = crate::proxy::forward::Forward::new(pstate.clone(), ca);
-            tasks.push(tokio::spawn(crate::proxy::forward::serve(
-                flistener,
-                fwd,
-                stop_rx.clone(),
-            )));
-        }
-        if let Some(file) = config.source_file.clone() {
-            proxy_reloader = Some(tokio::spawn(crate::proxy::reload_loop(
-                pstate.clone(),
-                file,
-            )));
-        }
-        let edge = crate::edge::EdgeConfig {
-            behind_proxy: config.behind_proxy,
-            trusted_proxies: config.trusted_proxy_cidrs().unwrap_or_default(),
-            https_port: proxy_addr.map_or(443, |a| a.port()),
-        };
-        let papp = crate::app::proxy_layers(crate::proxy::router(pstate), edge);
-        let ptls = use_tls.then(|| tls.clone());
-        let rx = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            crate::serve::serve(listener, ptls, papp, stopped(rx)).await;
-        }));
-    }
+    let (proxy_addr, forward_addr) =
+        start_proxy(&vault, &config, &tls, &stop_rx, &mut tasks, &mut background).await?;
     if let Some((listener, _)) = http {
         let app = app.clone();
         let rx = stop_rx.clone();
@@ -269,28 +320,141 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     }
     tasks.push(tokio::spawn(async move {
         crate::serve::serve(listener, Some(tls), app, stopped(stop_rx)).await;
-        sweeper.abort();
-        checkpointer.abort();
-        drain_tasks.iter().for_each(tokio::task::JoinHandle::abort);
-        webhook_tasks
-            .iter()
-            .for_each(tokio::task::JoinHandle::abort);
-        retention.abort();
-        reloader.abort();
-        expiry.abort();
-        if let Some(acme) = acme {
-            acme.abort();
-        }
-        if let Some(r) = proxy_reloader {
-            r.abort();
-        }
+        background.iter().for_each(tokio::task::JoinHandle::abort);
     }));
     Ok(Running {
         addr,
         http_addr,
         proxy_addr,
         forward_addr,
-        vault,
+        vault: Some(vault),
+        seal: None,
+        resolver,
+        stop: Some(stop),
+        tasks,
+    })
+}
+
+/// Bind and serve the edge proxy (`[proxy]`) and the outbound forward proxy
+/// (`[outbound] listen`) of an open vault; returns their addresses.
+async fn start_proxy(
+    vault: &Arc<Vault>,
+    config: &Config,
+    tls: &Arc<rustls::ServerConfig>,
+    stop_rx: &watch::Receiver<bool>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    background: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Result<(Option<SocketAddr>, Option<SocketAddr>), StartError> {
+    let Some(p) = &config.proxy else {
+        return Ok((None, None));
+    };
+    let rules = crate::proxy::Rules::build(config).map_err(StartError::Proxy)?;
+    let (listener, addr) = bind(p.listen).await?;
+    let pstate = crate::proxy::ProxyState::new(vault.clone(), rules);
+    if let Some(file) = config.source_file.clone() {
+        background.push(tokio::spawn(crate::proxy::reload_loop(
+            pstate.clone(),
+            file,
+        )));
+    }
+    let mut forward_addr = None;
+    if let Some(a) = config.outbound.listen {
+        let ca = vault
+            .outbound_ca(true)
+            .await?
+            .ok_or_else(|| StartError::Proxy("no outbound CA".into()))?;
+        let (flistener, faddr) = bind(a).await?;
+        forward_addr = Some(faddr);
+        let fwd = crate::proxy::forward::Forward::new(pstate.clone(), ca);
+        tasks.push(tokio::spawn(crate::proxy::forward::serve(
+            flistener,
+            fwd,
+            stop_rx.clone(),
+        )));
+    }
+    let edge = crate::edge::EdgeConfig {
+        behind_proxy: config.behind_proxy,
+        trusted_proxies: config.trusted_proxy_cidrs().unwrap_or_default(),
+        https_port: addr.port(),
+    };
+    let papp = crate::app::proxy_layers(crate::proxy::router(pstate), edge);
+    let ptls = p.tls.then(|| tls.clone());
+    let rx = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        crate::serve::serve(listener, ptls, papp, stopped(rx)).await;
+    }));
+    Ok((Some(addr), forward_addr))
+}
+
+/// [`start`] for a custodians data directory: listen at once, sealed.
+async fn start_sealed(
+    config: &Config,
+    dir: &tokengate_vault::DataDir,
+) -> Result<Running, StartError> {
+    if config.proxy.is_some() {
+        return Err(StartError::Proxy(
+            "the edge proxy needs an open vault when the server starts; a custodians data directory starts sealed, \
+             so run the proxy on a node whose root key is held by the file or an HSM provider (or leave [proxy] out)"
+                .into(),
+        ));
+    }
+    let path = dir.custodians();
+    let setup: tokengate_crypto::custodians::CustodianSetup = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| {
+            StartError::Vault(tokengate_vault::VaultError::Setup(format!(
+                "{} is missing or corrupt",
+                path.display()
+            )))
+        })?;
+    let (sealed_resolver, fingerprint) = crate::sealed::sealed_resolver()?;
+    let resolver = Arc::new(ReloadableResolver::new(sealed_resolver.clone()));
+    let tls = tls::server_config(resolver.clone(), config.acme_tls_alpn())?;
+    let (listener, addr) = bind(config.listen_addr()).await?;
+    let http = match config.http_listen {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let mut config = config.clone();
+    config.listen = Some(addr);
+    let current = Arc::new(std::sync::RwLock::new(axum::Router::new()));
+    let threshold = setup.threshold;
+    let seal = crate::sealed::SealState::new(
+        config.clone(),
+        setup,
+        current.clone(),
+        resolver.clone(),
+        sealed_resolver,
+    );
+    let app = crate::sealed::switch_router(current);
+    tracing::warn!(
+        threshold,
+        tls_sha256 = %fingerprint,
+        "sealed: card data is refused until {threshold} custodians enter their shares (`tokengate unseal --url https://{addr} --pin {fingerprint}`)"
+    );
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let http_addr = http.as_ref().map(|(_, a)| *a);
+    if let Some((listener, _)) = http {
+        let app = app.clone();
+        let rx = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            crate::serve::serve(listener, None, app, stopped(rx)).await;
+        }));
+    }
+    let on_stop = seal.clone();
+    tasks.push(tokio::spawn(async move {
+        crate::serve::serve(listener, Some(tls), app, stopped(stop_rx)).await;
+        on_stop.stop_tasks().await;
+    }));
+    Ok(Running {
+        addr,
+        http_addr,
+        proxy_addr: None,
+        forward_addr: None,
+        vault: None,
+        seal: Some(seal),
         resolver,
         stop: Some(stop),
         tasks,

@@ -116,6 +116,41 @@ pub enum Op {
         name: String,
         seq: u64,
     },
+    /// Moves a record's DEK to data KEK `to_version`, only if the record is
+    /// still on `from_version` (compare-and-set: a record rewrapped, deleted
+    /// or changed meanwhile is left alone). Output: rows affected (0 or 1).
+    RewrapDek {
+        tenant: String,
+        token: String,
+        from_version: u32,
+        to_version: u32,
+        wrapped_dek: Vec<u8>,
+    },
+    /// Replaces a record's fingerprint with one under fingerprint key
+    /// `to_version`, only if it is still on `from_version` (compare-and-set).
+    /// Output: rows affected (0 or 1).
+    Refingerprint {
+        tenant: String,
+        token: String,
+        from_version: u32,
+        to_version: u32,
+        fingerprint: Vec<u8>,
+    },
+    /// Sets the state of a key version that is not destroyed. Output: rows
+    /// affected.
+    SetKeyState {
+        purpose: String,
+        version: u32,
+        state: String,
+    },
+    /// Destroys a key version: state `destroyed`, wrapped key erased. Only
+    /// when it is not the active version and no stored record uses it (see
+    /// [`key_usage_column`](crate::key_usage_columns)), checked in the same
+    /// statement. Output: rows affected (0 when refused).
+    DestroyKey {
+        purpose: String,
+        version: u32,
+    },
     /// Deletes audit records `seq <= upto_seq` (already archived) and records
     /// where the log now starts. Output: records deleted.
     PruneAudit {
@@ -124,6 +159,49 @@ pub enum Op {
     },
     /// Webhook outbox writes (see [`WebhookOp`]).
     Webhook(WebhookOp),
+}
+
+/// Which column of `tokens` a re-keying job moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RekeyColumn {
+    /// `kek_version` (the data KEK wrapping each DEK).
+    Data,
+    /// `fp_version` (the fingerprint key).
+    Fingerprint,
+}
+
+impl RekeyColumn {
+    pub(crate) fn column(self) -> &'static str {
+        match self {
+            RekeyColumn::Data => "kek_version",
+            RekeyColumn::Fingerprint => "fp_version",
+        }
+    }
+}
+
+/// The `(table, column)` pairs that record which version of `purpose` a
+/// stored row uses. A version is in use while any of them names it.
+/// Purposes with no entry here (audit keys) are not tracked per row.
+pub fn key_usage_columns(purpose: &str) -> &'static [(&'static str, &'static str)] {
+    match purpose {
+        "data" => &[("tokens", "kek_version")],
+        "fingerprint" => &[("tokens", "fp_version")],
+        "cvc" => &[("cvcs", "key_version")],
+        "api_key" => &[("api_keys", "key_version")],
+        "tls_key" => &[
+            ("tls_certificates", "kek_version"),
+            ("acme_accounts", "kek_version"),
+        ],
+        _ => &[],
+    }
+}
+
+/// How many stored records use one key version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyUsage {
+    pub purpose: String,
+    pub version: u32,
+    pub records: i64,
 }
 
 /// A signed checkpoint of the audit log.

@@ -130,6 +130,19 @@ pub fn migrations(backend: Backend) -> Vec<(i64, Vec<String>)> {
         "CREATE INDEX IF NOT EXISTS webhook_events_received ON webhook_events (received_at)"
             .to_owned(),
     ];
+    // Version 8: key lifecycle. Re-keying jobs walk the records of one key
+    // version in primary-key order: (version, tenant, token) indexes let
+    // each batch start where the last one ended. The one-column
+    // `kek_version` index is covered by the new one. Every statement is
+    // idempotent (`IF [NOT] EXISTS`).
+    let v8 = vec![
+        "DROP INDEX IF EXISTS tokens_kek_version".to_owned(),
+        "CREATE INDEX IF NOT EXISTS tokens_kek_rekey ON tokens (kek_version, tenant, token)"
+            .to_owned(),
+        "CREATE INDEX IF NOT EXISTS tokens_fp_rekey ON tokens (fp_version, tenant, token)"
+            .to_owned(),
+        "CREATE INDEX IF NOT EXISTS cvcs_key_version ON cvcs (key_version)".to_owned(),
+    ];
     vec![
         (1, v1),
         (2, v2),
@@ -138,5 +151,6 @@ pub fn migrations(backend: Backend) -> Vec<(i64, Vec<String>)> {
         (5, v5),
         (6, v6),
         (7, v7),
+        (8, v8),
     ]
 }

@@ -229,6 +229,11 @@ fn insert_audit(conn: &Connection, rec: &StoredEvent, event: &AuditEvent) -> rus
     Ok(())
 }
 
+/// `$N` placeholders (shared with the sqlx path) as SQLite's `?N`.
+fn sqlite_sql(sql: &str) -> String {
+    sql.replace('$', "?")
+}
+
 fn apply_ops(conn: &Connection, ops: &[Op]) -> rusqlite::Result<Vec<OpOutput>> {
     let mut out = Vec::with_capacity(ops.len());
     for op in ops {
@@ -298,6 +303,24 @@ fn apply_ops(conn: &Connection, ops: &[Op]) -> rusqlite::Result<Vec<OpOutput>> {
             ),
             Op::Tls(op) => crate::tls::apply_sqlite(conn, op)?,
             Op::Webhook(op) => crate::webhooks::apply_sqlite(conn, op)?,
+            Op::RewrapDek { tenant, token, from_version, to_version, wrapped_dek } => OpOutput::Affected(
+                conn.prepare_cached(&sqlite_sql(crate::store::REWRAP_DEK_SQL))?
+                    .execute(params![i64::from(*to_version), wrapped_dek, tenant, token, i64::from(*from_version)])?
+                    as u64,
+            ),
+            Op::Refingerprint { tenant, token, from_version, to_version, fingerprint } => OpOutput::Affected(
+                conn.prepare_cached(&sqlite_sql(crate::store::REFINGERPRINT_SQL))?
+                    .execute(params![i64::from(*to_version), fingerprint, tenant, token, i64::from(*from_version)])?
+                    as u64,
+            ),
+            Op::SetKeyState { purpose, version, state } => OpOutput::Affected(
+                conn.prepare_cached(&sqlite_sql(crate::store::SET_KEY_STATE_SQL))?
+                    .execute(params![state, purpose, i64::from(*version)])? as u64,
+            ),
+            Op::DestroyKey { purpose, version } => OpOutput::Affected(
+                conn.prepare_cached(&sqlite_sql(&crate::store::destroy_key_sql(purpose)))?
+                    .execute(params![Vec::<u8>::new(), purpose, i64::from(*version)])? as u64,
+            ),
             Op::PruneAudit { upto_seq, last_hash } => {
                 let upto = i64::try_from(*upto_seq).unwrap_or(i64::MAX);
                 conn.prepare_cached("INSERT INTO audit_pruned (id, upto_seq, last_hash) VALUES (1, ?1, ?2) ON CONFLICT (id) DO UPDATE SET upto_seq = excluded.upto_seq, last_hash = excluded.last_hash")?

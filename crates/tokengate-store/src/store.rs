@@ -323,6 +323,67 @@ impl Store {
         row.map(|r| token_row(&r, false)).transpose()
     }
 
+    /// How many stored rows use each key version, per purpose (purposes
+    /// tracked by [`key_usage_columns`](crate::key_usage_columns)).
+    pub async fn key_usage(&self) -> Result<Vec<KeyUsage>, StoreError> {
+        let mut parts = Vec::new();
+        for purpose in ["data", "fingerprint", "cvc", "api_key", "tls_key"] {
+            for (table, column) in crate::key_usage_columns(purpose) {
+                parts.push(format!(
+                    "SELECT '{purpose}' AS purpose, {column} AS version, COUNT(*) AS n FROM {table} GROUP BY {column}"
+                ));
+            }
+        }
+        let sql = parts.join(" UNION ALL ");
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out: Vec<KeyUsage> = Vec::new();
+        for r in &rows {
+            let purpose: String = r.try_get(0)?;
+            let version = to_u32(r.try_get(1)?, "key version")?;
+            let n: i64 = r.try_get(2)?;
+            match out
+                .iter_mut()
+                .find(|u| u.purpose == purpose && u.version == version)
+            {
+                Some(u) => u.records += n,
+                None => out.push(KeyUsage {
+                    purpose,
+                    version,
+                    records: n,
+                }),
+            }
+        }
+        out.sort_by(|a, b| (&a.purpose, a.version).cmp(&(&b.purpose, b.version)));
+        Ok(out)
+    }
+
+    /// Records whose `column` is `version`, after `(tenant, token)` in
+    /// primary-key order, at most `limit`: one batch of a re-keying job.
+    pub async fn tokens_on_version(
+        &self,
+        column: RekeyColumn,
+        version: u32,
+        after: Option<(&str, &str)>,
+        limit: i64,
+    ) -> Result<Vec<TokenRow>, StoreError> {
+        let col = column.column();
+        let (tenant, token) = after.unwrap_or(("", ""));
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens t WHERE t.{col} = $1 AND (t.tenant, t.token) > ($2, $3) \
+             ORDER BY t.{col}, t.tenant, t.token LIMIT $4"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(i64::from(version))
+            .bind(tenant)
+            .bind(token)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| token_row(r, false)).collect()
+    }
+
     pub async fn count_tokens(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query("SELECT COUNT(*) FROM tokens")
             .fetch_one(&self.pool)
@@ -1122,6 +1183,62 @@ async fn apply_ops(
             }
             Op::Tls(op) => crate::tls::apply_any(conn, op).await?,
             Op::Webhook(op) => crate::webhooks::apply_any(conn, op).await?,
+            Op::RewrapDek {
+                tenant,
+                token,
+                from_version,
+                to_version,
+                wrapped_dek,
+            } => {
+                let r = sqlx::query(REWRAP_DEK_SQL)
+                    .bind(i64::from(*to_version))
+                    .bind(wrapped_dek.clone())
+                    .bind(tenant.as_str())
+                    .bind(token.as_str())
+                    .bind(i64::from(*from_version))
+                    .execute(&mut *conn)
+                    .await?;
+                OpOutput::Affected(r.rows_affected())
+            }
+            Op::Refingerprint {
+                tenant,
+                token,
+                from_version,
+                to_version,
+                fingerprint,
+            } => {
+                let r = sqlx::query(REFINGERPRINT_SQL)
+                    .bind(i64::from(*to_version))
+                    .bind(fingerprint.clone())
+                    .bind(tenant.as_str())
+                    .bind(token.as_str())
+                    .bind(i64::from(*from_version))
+                    .execute(&mut *conn)
+                    .await?;
+                OpOutput::Affected(r.rows_affected())
+            }
+            Op::SetKeyState {
+                purpose,
+                version,
+                state,
+            } => {
+                let r = sqlx::query(SET_KEY_STATE_SQL)
+                    .bind(state.as_str())
+                    .bind(purpose.as_str())
+                    .bind(i64::from(*version))
+                    .execute(&mut *conn)
+                    .await?;
+                OpOutput::Affected(r.rows_affected())
+            }
+            Op::DestroyKey { purpose, version } => {
+                let r = sqlx::query(AssertSqlSafe(destroy_key_sql(purpose)))
+                    .bind(Vec::<u8>::new())
+                    .bind(purpose.as_str())
+                    .bind(i64::from(*version))
+                    .execute(&mut *conn)
+                    .await?;
+                OpOutput::Affected(r.rows_affected())
+            }
             Op::PruneAudit {
                 upto_seq,
                 last_hash,
@@ -1188,6 +1305,32 @@ async fn apply_ops(
         out.push(o);
     }
     Ok(out)
+}
+
+/// Compare-and-set rewrap of one record's DEK (`$1` new version, `$2`
+/// wrapped DEK, `$3` tenant, `$4` token, `$5` expected old version).
+pub(crate) const REWRAP_DEK_SQL: &str = "UPDATE tokens SET kek_version = $1, wrapped_dek = $2 \
+     WHERE tenant = $3 AND token = $4 AND kek_version = $5";
+/// Compare-and-set re-fingerprint (same parameters as [`REWRAP_DEK_SQL`]).
+pub(crate) const REFINGERPRINT_SQL: &str = "UPDATE tokens SET fp_version = $1, fingerprint = $2 \
+     WHERE tenant = $3 AND token = $4 AND fp_version = $5";
+/// `$1` state, `$2` purpose, `$3` version; never revives a destroyed key.
+pub(crate) const SET_KEY_STATE_SQL: &str = "UPDATE keys SET state = $1 \
+     WHERE purpose = $2 AND version = $3 AND state <> 'destroyed'";
+
+/// Destroy a key version (`$1` empty bytes, `$2` purpose, `$3` version)
+/// unless it is active or a stored row of its purpose uses it.
+pub(crate) fn destroy_key_sql(purpose: &str) -> String {
+    let mut sql = String::from(
+        "UPDATE keys SET state = 'destroyed', wrapped = $1 WHERE purpose = $2 AND version = $3 \
+         AND state NOT IN ('active', 'destroyed')",
+    );
+    for (table, column) in crate::key_usage_columns(purpose) {
+        sql.push_str(&format!(
+            " AND NOT EXISTS (SELECT 1 FROM {table} WHERE {column} = $3)"
+        ));
+    }
+    sql
 }
 
 fn checkpoint_row(r: &AnyRow) -> Result<CheckpointRow, StoreError> {

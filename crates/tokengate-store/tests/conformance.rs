@@ -1187,3 +1187,189 @@ async fn webhook_outbox(store: &Store) {
     );
 }
 conformance!(webhooks, webhook_outbox);
+fn key_row(purpose: &str, version: u32, state: &str) -> KeyRow {
+    KeyRow {
+        purpose: purpose.into(),
+        version,
+        state: state.into(),
+        created_at: 10,
+        wrapped: vec![version as u8; 60],
+    }
+}
+
+fn ops_job(ops: Vec<Op>) -> Job {
+    Job {
+        ops,
+        events: vec![],
+        events_if_affected: vec![],
+    }
+}
+
+/// Key lifecycle: usage counts, re-keying batches in key order, the
+/// compare-and-set rewrap and re-fingerprint, key states, guarded destroy.
+async fn key_lifecycle(store: &Store) {
+    let mut jobs = Vec::new();
+    for (i, t) in ["tok_a", "tok_b", "tok_c", "tok_d"].iter().enumerate() {
+        let mut row = token_row(t, i as u8, false);
+        if i == 3 {
+            row.tenant = "other".into();
+        }
+        jobs.push(insert_job(row));
+    }
+    jobs.push(ops_job(vec![
+        Op::InsertKey(key_row("data", 1, "active")),
+        Op::InsertKey(key_row("data", 2, "active")),
+        Op::InsertKey(key_row("fingerprint", 1, "active")),
+    ]));
+    for r in commit(store, &jobs).await.unwrap() {
+        r.unwrap();
+    }
+    let usage = store.key_usage().await.unwrap();
+    assert!(usage.contains(&KeyUsage {
+        purpose: "data".into(),
+        version: 1,
+        records: 4
+    }));
+    assert!(usage.contains(&KeyUsage {
+        purpose: "fingerprint".into(),
+        version: 1,
+        records: 4
+    }));
+
+    // Batches walk (tenant, token) order from a cursor.
+    let b1 = store
+        .tokens_on_version(RekeyColumn::Data, 1, None, 2)
+        .await
+        .unwrap();
+    let names: Vec<_> = b1.iter().map(|r| r.token.as_str()).collect();
+    assert_eq!(names, ["tok_a", "tok_b"]);
+    let b2 = store
+        .tokens_on_version(RekeyColumn::Data, 1, Some(("default", "tok_b")), 10)
+        .await
+        .unwrap();
+    let names: Vec<_> = b2
+        .iter()
+        .map(|r| (r.tenant.as_str(), r.token.as_str()))
+        .collect();
+    assert_eq!(names, [("default", "tok_c"), ("other", "tok_d")]);
+
+    // Compare-and-set: the first rewrap of tok_a wins, a replay does nothing.
+    let rewrap = |from: u32| Op::RewrapDek {
+        tenant: "default".into(),
+        token: "tok_a".into(),
+        from_version: from,
+        to_version: 2,
+        wrapped_dek: vec![9, 9, 9],
+    };
+    let out = commit(store, &[ops_job(vec![rewrap(1), rewrap(1)])])
+        .await
+        .unwrap();
+    assert_eq!(
+        out[0],
+        Ok(vec![OpOutput::Affected(1), OpOutput::Affected(0)])
+    );
+    let a = store
+        .get_token("default", "tok_a", 0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((a.kek_version, a.wrapped_dek.clone()), (2, vec![9, 9, 9]));
+    assert_eq!(a.ciphertext, vec![4, 5, 6], "the payload is not touched");
+    assert!(
+        store
+            .tokens_on_version(RekeyColumn::Data, 1, None, 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.token != "tok_a")
+    );
+    let refp = Op::Refingerprint {
+        tenant: "default".into(),
+        token: "tok_b".into(),
+        from_version: 1,
+        to_version: 2,
+        fingerprint: vec![0xee; 32],
+    };
+    let out = commit(store, &[ops_job(vec![refp.clone(), refp])])
+        .await
+        .unwrap();
+    assert_eq!(
+        out[0],
+        Ok(vec![OpOutput::Affected(1), OpOutput::Affected(0)])
+    );
+    assert_eq!(
+        store
+            .find_by_fingerprint("default", &[0xee; 32], 10)
+            .await
+            .unwrap()[0]
+            .token,
+        "tok_b"
+    );
+
+    // A version in use cannot be destroyed, nor an active one.
+    let destroy = |v: u32| {
+        ops_job(vec![Op::DestroyKey {
+            purpose: "data".into(),
+            version: v,
+        }])
+    };
+    let state = |v: u32| Op::SetKeyState {
+        purpose: "data".into(),
+        version: v,
+        state: "decrypt-only".into(),
+    };
+    commit(store, &[ops_job(vec![state(1)])]).await.unwrap()[0]
+        .clone()
+        .unwrap();
+    assert_eq!(
+        commit(store, &[destroy(1)]).await.unwrap()[0],
+        Ok(vec![OpOutput::Affected(0)]),
+        "three records still use data v1"
+    );
+    assert_eq!(
+        commit(store, &[destroy(2)]).await.unwrap()[0],
+        Ok(vec![OpOutput::Affected(0)]),
+        "v2 is active"
+    );
+    let mut moves = Vec::new();
+    for (tenant, token) in [
+        ("default", "tok_b"),
+        ("default", "tok_c"),
+        ("other", "tok_d"),
+    ] {
+        moves.push(Op::RewrapDek {
+            tenant: tenant.into(),
+            token: token.into(),
+            from_version: 1,
+            to_version: 2,
+            wrapped_dek: vec![8],
+        });
+    }
+    commit(store, &[ops_job(moves)]).await.unwrap()[0]
+        .clone()
+        .unwrap();
+    assert_eq!(
+        commit(store, &[destroy(1)]).await.unwrap()[0],
+        Ok(vec![OpOutput::Affected(1)])
+    );
+    let keys = store.keys().await.unwrap();
+    let v1 = keys
+        .iter()
+        .find(|k| k.purpose == "data" && k.version == 1)
+        .unwrap();
+    assert_eq!(v1.state, "destroyed");
+    assert!(v1.wrapped.is_empty(), "the wrapped key is erased");
+    // A destroyed key is never revived.
+    assert_eq!(
+        commit(store, &[ops_job(vec![state(1)])]).await.unwrap()[0],
+        Ok(vec![OpOutput::Affected(0)])
+    );
+    let usage = store.key_usage().await.unwrap();
+    assert!(usage.contains(&KeyUsage {
+        purpose: "data".into(),
+        version: 2,
+        records: 4
+    }));
+    assert!(!usage.iter().any(|u| u.purpose == "data" && u.version == 1));
+}
+conformance!(key_lifecycle_ops, key_lifecycle);

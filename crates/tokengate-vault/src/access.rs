@@ -175,7 +175,7 @@ impl Vault {
     }
 
     fn key_hash(&self, version: u32, presented: &str) -> Result<[u8; 32], VaultError> {
-        Ok(self.ring.hmac(
+        Ok(self.ring().hmac(
             KeyPurpose::ApiKey,
             version,
             &[b"api-key", presented.as_bytes()],
@@ -393,7 +393,7 @@ impl Vault {
         let secret_bytes: [u8; 20] = tokengate_crypto::random::bytes()?;
         let id_part = base32(&id_bytes);
         let secret = Zeroizing::new(format!("tg_{id_part}_{}", base32(&secret_bytes)));
-        let version = self.ring.active_version(KeyPurpose::ApiKey)?;
+        let version = self.ring().active_version(KeyPurpose::ApiKey)?;
         let now = now_ms();
         let row = ApiKeyRow {
             id: format!("key_{id_part}"),

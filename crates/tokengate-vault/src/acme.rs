@@ -284,7 +284,7 @@ impl Vault {
             ciphertext: row.sealed_credentials,
         };
         let plain = open_private_key(
-            &self.ring,
+            &self.ring(),
             PrivateKeyAad {
                 name: ACCOUNT_NAME,
                 leaf_sha256: &hash,
@@ -304,7 +304,7 @@ impl Vault {
     ) -> Result<bool, VaultError> {
         let hash = account_aad_hash(directory_url);
         let sealed = seal_private_key(
-            &self.ring,
+            &self.ring(),
             PrivateKeyAad {
                 name: ACCOUNT_NAME,
                 leaf_sha256: &hash,

@@ -112,7 +112,8 @@ impl Vault {
     /// Sign a checkpoint covering every record written so far (returns the
     /// latest one when nothing new was written).
     pub async fn checkpoint(&self) -> Result<SignedCheckpoint, VaultError> {
-        let key = self.ring.audit_signer()?;
+        let ring = self.ring();
+        let key = ring.audit_signer()?;
         let latest = self.store.latest_checkpoint().await?;
         let from = latest.as_ref().map_or(0, |c| c.tree_size);
         let head = self.store.audit_head().await?.map_or(0, |h| h.seq);
@@ -757,6 +758,7 @@ mod tests {
         let out = init(&InitOptions {
             data_dir: dir.clone(),
             database_url: None,
+            custodians: None,
         })
         .await
         .unwrap();
@@ -819,7 +821,7 @@ mod tests {
             .await;
         }
         let last = recs.last().unwrap();
-        let head = SignedHead::sign(vault.ring.audit_signer().unwrap(), last.seq, last.hash);
+        let head = SignedHead::sign(vault.ring().audit_signer().unwrap(), last.seq, last.hash);
         sql(
             vault,
             &format!(

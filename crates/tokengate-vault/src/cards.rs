@@ -97,11 +97,11 @@ pub struct RevealedCard {
 
 /// The encrypted part of a record.
 #[derive(Serialize, Deserialize)]
-struct Payload {
+pub(crate) struct Payload {
     #[serde(rename = "n")]
-    number: String,
+    pub(crate) number: String,
     #[serde(rename = "h", skip_serializing_if = "Option::is_none", default)]
-    name: Option<String>,
+    pub(crate) name: Option<String>,
 }
 
 impl Drop for Payload {
@@ -292,11 +292,27 @@ impl Vault {
         card: ValidCard,
     ) -> Result<TokenizeOutcome, VaultError> {
         let tenant = caller.tenant.as_str();
-        let fp_version = self.ring.active_version(KeyPurpose::Fingerprint)?;
-        let fingerprint = self
-            .ring
+        // One snapshot for the whole write: a rotation meanwhile applies to
+        // the next request.
+        let ring = self.ring();
+        let fp_version = ring.active_version(KeyPurpose::Fingerprint)?;
+        let fingerprint = ring
             .fingerprint(fp_version, tenant, card.pan.expose_digits())?
             .to_vec();
+        // A deterministic token made before a fingerprint-key rotation may
+        // still carry a fingerprint under an older version until the
+        // re-fingerprint job reaches it: look under every live version.
+        let mut lookups = vec![fingerprint.clone()];
+        if req.deterministic {
+            for v in ring.versions(KeyPurpose::Fingerprint) {
+                if v != fp_version {
+                    lookups.push(
+                        ring.fingerprint(v, tenant, card.pan.expose_digits())?
+                            .to_vec(),
+                    );
+                }
+            }
+        }
         let payload = Payload {
             number: card.pan.expose_digits().to_owned(),
             name: card.name.as_ref().map(|n| n.to_string()),
@@ -308,22 +324,29 @@ impl Vault {
         let now = now_ms();
 
         for _ in 0..TOKEN_ATTEMPTS {
-            if req.deterministic
-                && let Some(existing) = self
-                    .store
-                    .find_deterministic(tenant, req.format.as_str(), &fingerprint)
-                    .await?
-            {
-                return self
-                    .reuse_deterministic(caller, existing, card.cvc.as_ref(), now)
-                    .await;
+            if req.deterministic {
+                let mut existing = None;
+                for fp in &lookups {
+                    existing = self
+                        .store
+                        .find_deterministic(tenant, req.format.as_str(), fp)
+                        .await?;
+                    if existing.is_some() {
+                        break;
+                    }
+                }
+                if let Some(existing) = existing {
+                    return self
+                        .reuse_deterministic(caller, existing, card.cvc.as_ref(), now)
+                        .await;
+                }
             }
             let token = new_token(req.format, &card.pan)?;
             let aad = RecordAad {
                 tenant,
                 token: token.as_str(),
             };
-            let env = Envelope::seal(&self.ring, aad, &plaintext)?;
+            let env = Envelope::seal(&ring, aad, &plaintext)?;
             let row = TokenRow {
                 tenant: tenant.to_owned(),
                 token: token.as_str().to_owned(),
@@ -392,8 +415,11 @@ impl Vault {
         cvc: &Cvc,
         now: i64,
     ) -> Result<CvcRow, VaultError> {
-        let (key_version, ciphertext) =
-            seal_cvc(&self.ring, RecordAad { tenant, token }, cvc.expose_digits())?;
+        let (key_version, ciphertext) = seal_cvc(
+            &self.ring(),
+            RecordAad { tenant, token },
+            cvc.expose_digits(),
+        )?;
         Ok(CvcRow {
             tenant: tenant.to_owned(),
             token: token.to_owned(),
@@ -541,7 +567,7 @@ impl Vault {
             wrapped_dek: row.wrapped_dek.clone(),
             ciphertext: row.ciphertext.clone(),
         };
-        let plain = match env.open(&self.ring, aad) {
+        let plain = match env.open(&self.ring(), aad) {
             Ok(p) => p,
             Err(e) => {
                 let err = VaultError::from(e);
@@ -588,7 +614,7 @@ impl Vault {
             .map_err(|e| VaultError::Internal(e.to_string()))?;
         let cvc = match out.into_iter().next() {
             Some(OpOutput::Cvc(Some(c))) => {
-                match open_cvc(&self.ring, aad, c.key_version, &c.ciphertext) {
+                match open_cvc(&self.ring(), aad, c.key_version, &c.ciphertext) {
                     Ok(b) => Some(Zeroizing::new(
                         String::from_utf8_lossy(b.expose()).into_owned(),
                     )),
@@ -703,10 +729,11 @@ impl Vault {
             }
         };
         let mut found = Vec::new();
-        for v in self.ring.versions(KeyPurpose::Fingerprint) {
-            let fp = self
-                .ring
-                .fingerprint(v, &caller.tenant, pan.expose_digits())?;
+        // Every live fingerprint version: during a re-fingerprint job some
+        // records are on the old key, some on the new.
+        let ring = self.ring();
+        for v in ring.versions(KeyPurpose::Fingerprint) {
+            let fp = ring.fingerprint(v, &caller.tenant, pan.expose_digits())?;
             found.extend(
                 self.store
                     .find_by_fingerprint(&caller.tenant, &fp, MAX_SEARCH_RESULTS)

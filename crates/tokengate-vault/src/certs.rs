@@ -357,7 +357,7 @@ impl Vault {
         let leaf = sha256(leaf_der);
         let der = key.secret_der();
         Ok(seal_private_key(
-            &self.ring,
+            &self.ring(),
             PrivateKeyAad {
                 name,
                 leaf_sha256: &leaf,
@@ -384,7 +384,7 @@ impl Vault {
             ciphertext: row.key_ciphertext.clone(),
         };
         let der = open_private_key(
-            &self.ring,
+            &self.ring(),
             PrivateKeyAad {
                 name: &row.name,
                 leaf_sha256: &leaf_hash,

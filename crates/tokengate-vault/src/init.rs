@@ -13,7 +13,7 @@ use std::sync::Arc;
 use data_encoding::HEXLOWER;
 use serde::Serialize;
 use tokengate_audit::{Action, AuditEvent, Ident, Outcome};
-use tokengate_crypto::{FileRootKey, KeyRing};
+use tokengate_crypto::{FileRootKey, KeyRing, RootKeyProvider};
 use tokengate_store::{Job, KeyRow, Op, Store};
 use tokengate_tls::TrustRoots;
 
@@ -23,10 +23,13 @@ use crate::clock::now_ms;
 use crate::error::VaultError;
 use crate::open::{DataDir, RingSigner, Vault, VaultConfig, is_fresh};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct InitOptions {
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
+    /// `(custodians, threshold)`: split the root key into custodian shares
+    /// instead of writing it to `root.key`.
+    pub custodians: Option<(u8, u8)>,
 }
 
 /// What `init` created. `admin_api_key` is shown this once.
@@ -36,7 +39,15 @@ pub struct InitOutput {
     pub admin_api_key_id: String,
     pub data_dir: String,
     pub database: String,
-    pub root_key_file: String,
+    /// `file` (the dev default) or `custodians`.
+    pub root_key_provider: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_key_file: Option<String>,
+    /// The custodian shares, each shown this once (custodians provider).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<u8>,
     /// Name of the self-signed certificate in the certificate store.
     pub tls_certificate: String,
     pub audit_public_key: String,
@@ -97,8 +108,24 @@ pub async fn init(opts: &InitOptions) -> Result<InitOutput, VaultError> {
         .mode(0o700)
         .create(&dir.0)
         .map_err(|e| io_err("cannot create", &dir.0, e))?;
-    let root =
-        FileRootKey::create(&dir.root_key()).map_err(|e| VaultError::Internal(e.to_string()))?;
+    let (root, shares): (Arc<dyn RootKeyProvider>, Vec<zeroize::Zeroizing<String>>) =
+        match opts.custodians {
+            None => (
+                Arc::new(
+                    FileRootKey::create(&dir.root_key())
+                        .map_err(|e| VaultError::Internal(e.to_string()))?,
+                ),
+                Vec::new(),
+            ),
+            Some((n, k)) => {
+                let split = tokengate_crypto::custodians::split_new_root(n, k)
+                    .map_err(|e| VaultError::invalid("invalid_custodians", e.to_string()))?;
+                let setup = serde_json::to_vec_pretty(&split.setup)
+                    .map_err(|e| VaultError::Internal(e.to_string()))?;
+                write_file(&dir.custodians(), &setup, 0o600)?;
+                (Arc::new(split.root), split.shares)
+            }
+        };
     if opts.database_url.is_none() {
         // Create the database file owner-only; SQLite gives its -wal and
         // -shm files the same permissions.
@@ -116,8 +143,12 @@ pub async fn init(opts: &InitOptions) -> Result<InitOutput, VaultError> {
         ));
     }
     let now = now_ms();
-    let wrapped = KeyRing::generate_initial(&root, now / 1000)?;
-    let ring = Arc::new(KeyRing::load(&root, &wrapped, &HashMap::new())?);
+    let wrapped = KeyRing::generate_initial(root.as_ref(), now / 1000)?;
+    let ring = Arc::new(tokengate_crypto::SharedRing::new(KeyRing::load(
+        root.as_ref(),
+        &wrapped,
+        &HashMap::new(),
+    )?));
     let mut job = Job::default();
     for w in &wrapped {
         job.ops.push(Op::InsertKey(KeyRow {
@@ -151,7 +182,7 @@ pub async fn init(opts: &InitOptions) -> Result<InitOutput, VaultError> {
 
     let mut config = VaultConfig::new(&dir.0);
     config.database_url = opts.database_url.clone();
-    let vault = Vault::open_with_root(config, &root).await?;
+    let vault = Vault::open_with_root(config, root.clone()).await?;
     let admin = vault
         .insert_api_key(
             None,
@@ -193,7 +224,13 @@ pub async fn init(opts: &InitOptions) -> Result<InitOutput, VaultError> {
         } else {
             dir.database().display().to_string()
         },
-        root_key_file: dir.root_key().display().to_string(),
+        root_key_provider: root.kind().to_owned(),
+        root_key_file: opts
+            .custodians
+            .is_none()
+            .then(|| dir.root_key().display().to_string()),
+        threshold: opts.custodians.map(|(_, k)| k),
+        shares: shares.iter().map(|s| s.to_string()).collect(),
         tls_certificate: LOCALHOST_CERT.to_owned(),
         audit_public_key,
     })

@@ -18,6 +18,7 @@ pub mod certs;
 pub mod clock;
 pub mod error;
 pub mod init;
+pub mod keys;
 pub mod lockout;
 mod open;
 pub mod outbound_ca;
@@ -35,6 +36,10 @@ pub use certs::{
 };
 pub use error::VaultError;
 pub use init::{InitOptions, InitOutput, init};
+pub use keys::{
+    CryptoperiodExceeded, KeyActor, KeyVersionInfo, RekeyJobStatus, RekeyOptions, RekeyReport,
+    parse_purpose,
+};
 pub use lockout::LockoutPolicy;
-pub use open::{AuditHmacField, DataDir, Vault, VaultConfig, is_fresh};
+pub use open::{AuditHmacField, DataDir, ShareSource, Vault, VaultConfig, is_fresh};
 pub use tokengate_store::AuditQuery;

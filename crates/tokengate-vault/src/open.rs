@@ -8,7 +8,9 @@ use std::time::Duration;
 use tokengate_audit::SignedHead;
 use tokengate_audit::chain::ChainHash;
 use tokengate_audit::{Action, AuditEvent, Ident, Outcome, SafeText};
-use tokengate_crypto::{FileRootKey, KeyPurpose, KeyRing, KeyState, RootKeyProvider, WrappedKey};
+use tokengate_crypto::{
+    FileRootKey, KeyPurpose, KeyRing, KeyState, RootKeyProvider, SharedRing, WrappedKey,
+};
 use tokengate_store::{GroupCommitter, HeadSigner, Job, KeyRow, Op, Store};
 
 use crate::access::CachedKey;
@@ -24,6 +26,11 @@ impl DataDir {
     }
     pub fn root_key(&self) -> PathBuf {
         FileRootKey::path_in(&self.0)
+    }
+    /// With the custodians root-key provider: share count, threshold and
+    /// check values (never a share).
+    pub fn custodians(&self) -> PathBuf {
+        self.0.join("custodians.json")
     }
     /// Legacy (before the certificate store): the self-signed certificate
     /// file. Imported into the store on first start, see
@@ -63,6 +70,20 @@ pub struct VaultConfig {
     pub lockout: crate::lockout::LockoutPolicy,
     /// Reveals by one key within a minute that raise an alert (0: never).
     pub reveal_alert_per_minute: u32,
+    /// Where custodian shares come from when the data directory's root key
+    /// is split among custodians (the CLI: standard input).
+    pub share_source: Option<ShareSource>,
+}
+
+/// Supplies custodian shares one at a time: called with (threshold, shares
+/// accepted so far); `None` when there are no more.
+#[derive(Clone)]
+pub struct ShareSource(pub Arc<dyn Fn(u8, u8) -> Option<zeroize::Zeroizing<String>> + Send + Sync>);
+
+impl std::fmt::Debug for ShareSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShareSource")
+    }
 }
 
 /// A request field that can be stored keyed-hashed in audit records.
@@ -96,7 +117,7 @@ pub fn audit_hmac(ring: &KeyRing, value: &str) -> Result<tokengate_audit::HmacVa
 }
 
 fn hmac_filter(
-    ring: Arc<KeyRing>,
+    ring: Arc<SharedRing>,
     fields: &[AuditHmacField],
 ) -> Option<tokengate_store::EventFilter> {
     if fields.is_empty() {
@@ -108,6 +129,7 @@ fn hmac_filter(
     );
     Some(Arc::new(move |e: &mut tokengate_audit::AuditEvent| {
         // Without the key the value is dropped, never kept in clear.
+        let ring = ring.get();
         if ip && let Some(addr) = e.client_ip.take() {
             e.client_ip_hmac = audit_hmac(&ring, &addr.to_string()).ok();
         }
@@ -128,16 +150,17 @@ impl VaultConfig {
             audit_hmac_fields: Vec::new(),
             lockout: crate::lockout::LockoutPolicy::default(),
             reveal_alert_per_minute: 600,
+            share_source: None,
         }
     }
 }
 
 /// The audit head signer backed by the key ring's Ed25519 key.
-pub(crate) struct RingSigner(pub(crate) Arc<KeyRing>);
+pub(crate) struct RingSigner(pub(crate) Arc<SharedRing>);
 
 impl HeadSigner for RingSigner {
     fn sign(&self, seq: u64, hash: &ChainHash) -> Vec<u8> {
-        match self.0.audit_signer() {
+        match self.0.get().audit_signer() {
             Ok(k) => SignedHead::sign(k, seq, *hash).signature,
             // Without a key the head cannot verify; `audit verify` reports it.
             Err(_) => Vec::new(),
@@ -150,7 +173,16 @@ pub struct Vault {
     pub(crate) config: VaultConfig,
     pub(crate) store: Store,
     pub(crate) committer: GroupCommitter,
-    pub(crate) ring: Arc<KeyRing>,
+    /// Invariant: replaced only by [`Vault::reload_key_ring`], with a ring
+    /// loaded from the store by `root`.
+    pub(crate) ring: Arc<SharedRing>,
+    /// Wraps and unwraps KEKs (new versions, reloads after a rotation).
+    pub(crate) root: Arc<dyn RootKeyProvider>,
+    /// The key-ring generation the ring was loaded at (see
+    /// [`KEY_GENERATION_META`]).
+    pub(crate) key_generation: std::sync::Mutex<Option<String>>,
+    /// The background re-keying job (admin API).
+    pub(crate) rekey_job: Arc<std::sync::Mutex<crate::keys::RekeyJobStatus>>,
     pub(crate) key_cache: RwLock<HashMap<String, CachedKey>>,
     pub(crate) tenant: String,
     pub(crate) lockout: crate::lockout::Lockout,
@@ -184,15 +216,53 @@ pub(crate) fn key_rows_to_wrapped(rows: &[KeyRow]) -> Result<Vec<WrappedKey>, Va
         .collect()
 }
 
-fn load_ring(root: &dyn RootKeyProvider, rows: &[KeyRow]) -> Result<Arc<KeyRing>, VaultError> {
+/// Meta key changed (to a fresh random value) by every key-ring change, so
+/// that running servers notice and reload.
+pub(crate) const KEY_GENERATION_META: &str = "key_ring_generation";
+
+/// Meta key holding the minimum decryption version of `purpose`.
+pub(crate) fn min_decryption_meta(purpose: KeyPurpose) -> String {
+    format!("key_min_decryption_version/{}", purpose.as_str())
+}
+
+/// The minimum decryption version of every purpose that has one.
+pub(crate) async fn min_decryption_versions(
+    store: &Store,
+) -> Result<HashMap<KeyPurpose, u32>, VaultError> {
+    let mut out = HashMap::new();
+    for p in KeyPurpose::ALL {
+        if let Some(v) = store.meta(&min_decryption_meta(p)).await? {
+            let v = v.parse::<u32>().map_err(|_| {
+                VaultError::Internal(format!(
+                    "corrupt minimum decryption version for {}",
+                    p.as_str()
+                ))
+            })?;
+            out.insert(p, v);
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn load_ring_from(
+    root: &dyn RootKeyProvider,
+    rows: &[KeyRow],
+    min: &HashMap<KeyPurpose, u32>,
+) -> Result<KeyRing, VaultError> {
     let wrapped = key_rows_to_wrapped(rows)?;
-    Ok(Arc::new(
-        KeyRing::load(root, &wrapped, &HashMap::new()).map_err(|e| {
-            VaultError::Setup(format!(
-                "cannot unwrap the key ring with this root key: {e}"
-            ))
-        })?,
-    ))
+    KeyRing::load(root, &wrapped, min).map_err(|e| {
+        VaultError::Setup(format!(
+            "cannot unwrap the key ring with this root key: {e}"
+        ))
+    })
+}
+
+fn load_ring(root: &dyn RootKeyProvider, rows: &[KeyRow]) -> Result<Arc<SharedRing>, VaultError> {
+    Ok(Arc::new(SharedRing::new(load_ring_from(
+        root,
+        rows,
+        &HashMap::new(),
+    )?)))
 }
 
 /// Create version 1 of every key purpose that has no version yet. Returns
@@ -202,7 +272,7 @@ async fn add_missing_purposes(
     store: &Store,
     root: &dyn RootKeyProvider,
     rows: &[KeyRow],
-    ring: Arc<KeyRing>,
+    ring: Arc<SharedRing>,
 ) -> Result<bool, VaultError> {
     let missing: Vec<KeyPurpose> = KeyPurpose::ALL
         .into_iter()
@@ -243,15 +313,19 @@ impl Vault {
     /// Open an initialised data directory. Must run inside a tokio runtime.
     pub async fn open(config: VaultConfig) -> Result<Vault, VaultError> {
         let dir = DataDir(config.data_dir.clone());
+        if dir.custodians().exists() {
+            let root = unseal_with_shares(&dir, config.share_source.as_ref())?;
+            return Self::open_with_root(config, Arc::new(root)).await;
+        }
         let root =
             FileRootKey::open(&dir.root_key()).map_err(|e| VaultError::Setup(e.to_string()))?;
-        Self::open_with_root(config, &root).await
+        Self::open_with_root(config, Arc::new(root)).await
     }
 
     /// Open with an explicit root-key provider.
     pub async fn open_with_root(
         config: VaultConfig,
-        root: &dyn RootKeyProvider,
+        root: Arc<dyn RootKeyProvider>,
     ) -> Result<Vault, VaultError> {
         let dir = DataDir(config.data_dir.clone());
         let url = dir.store_url(config.database_url.as_deref());
@@ -264,13 +338,16 @@ impl Vault {
                 "the database holds no keys: run `tokengate init` first".into(),
             ));
         }
-        let ring = load_ring(root, &rows)?;
+        let generation = store.meta(KEY_GENERATION_META).await?;
+        let ring = load_ring(root.as_ref(), &rows)?;
         // Purposes added after this data directory was made (e.g. `tls_key`)
         // get their first version now, audited like any key creation.
-        let ring = match add_missing_purposes(&store, root, &rows, ring.clone()).await? {
-            true => load_ring(root, &store.keys().await?)?,
-            false => ring,
+        let rows = match add_missing_purposes(&store, root.as_ref(), &rows, ring.clone()).await? {
+            true => store.keys().await?,
+            false => rows,
         };
+        let min = min_decryption_versions(&store).await?;
+        ring.set(load_ring_from(root.as_ref(), &rows, &min)?);
         let tenant = store
             .meta("default_tenant")
             .await?
@@ -285,6 +362,9 @@ impl Vault {
             store,
             committer,
             ring,
+            root,
+            key_generation: std::sync::Mutex::new(generation),
+            rekey_job: Arc::default(),
             key_cache: RwLock::new(HashMap::new()),
             tenant,
             lockout: crate::lockout::Lockout::new(config.lockout),
@@ -296,7 +376,7 @@ impl Vault {
     /// `tokengate audit hash VALUE`: the text an HMAC'd audit field holds for
     /// `value`.
     pub fn audit_hash(&self, value: &str) -> Result<String, VaultError> {
-        Ok(audit_hmac(&self.ring, value)?.as_str().to_owned())
+        Ok(audit_hmac(&self.ring(), value)?.as_str().to_owned())
     }
 
     pub fn config(&self) -> &VaultConfig {
@@ -313,7 +393,52 @@ impl Vault {
 
     /// Ed25519 public key that verifies the audit head (hex).
     pub fn audit_public_key(&self) -> Result<Vec<u8>, VaultError> {
-        Ok(tokengate_audit::head::public_key(self.ring.audit_signer()?))
+        Ok(tokengate_audit::head::public_key(
+            self.ring().audit_signer()?,
+        ))
+    }
+
+    /// A snapshot of the current key ring.
+    pub(crate) fn ring(&self) -> Arc<KeyRing> {
+        self.ring.get()
+    }
+}
+
+/// Rebuild the root key from custodian shares taken from `source`.
+fn unseal_with_shares(
+    dir: &DataDir,
+    source: Option<&ShareSource>,
+) -> Result<tokengate_crypto::custodians::CustodianRootKey, VaultError> {
+    use tokengate_crypto::custodians::{CustodianSetup, Unsealer};
+    let path = dir.custodians();
+    let text = std::fs::read(&path)
+        .map_err(|e| VaultError::Setup(format!("cannot read {}: {e}", path.display())))?;
+    let setup: CustodianSetup = serde_json::from_slice(&text)
+        .map_err(|e| VaultError::Setup(format!("{} is corrupt: {e}", path.display())))?;
+    let mut unsealer = Unsealer::new(setup);
+    let sealed = |u: &Unsealer| {
+        VaultError::Setup(format!(
+            "sealed: the root key is split among custodians; {} of {} shares entered (give one share per line on standard input)",
+            u.progress(),
+            u.threshold()
+        ))
+    };
+    let source = source.ok_or_else(|| sealed(&unsealer))?;
+    loop {
+        let Some(share) = (source.0)(unsealer.threshold(), unsealer.progress()) else {
+            return Err(sealed(&unsealer));
+        };
+        match unsealer.add(&share) {
+            Ok(Some(root)) => return Ok(root),
+            Ok(None) => continue,
+            Err(e) => {
+                return Err(VaultError::Setup(format!(
+                    "share refused: {e} ({} of {} valid shares entered)",
+                    unsealer.progress(),
+                    unsealer.threshold()
+                )));
+            }
+        }
     }
 }
 

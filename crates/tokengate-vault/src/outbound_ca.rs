@@ -123,7 +123,7 @@ impl Vault {
             let env = env.into_envelope()?;
             let leaf = sha256(&der_of(&cert_pem)?);
             let der = open_private_key(
-                &self.ring,
+                &self.ring(),
                 PrivateKeyAad {
                     name: NAME,
                     leaf_sha256: &leaf,
@@ -149,7 +149,7 @@ impl Vault {
         let leaf = sha256(cert.der());
         let der = Zeroizing::new(key.serialize_der());
         let env = seal_private_key(
-            &self.ring,
+            &self.ring(),
             PrivateKeyAad {
                 name: NAME,
                 leaf_sha256: &leaf,

@@ -167,6 +167,7 @@ mod tests {
         init(&InitOptions {
             data_dir: dir.clone(),
             database_url: None,
+            custodians: None,
         })
         .await
         .unwrap();

@@ -32,10 +32,10 @@ pub struct Common {
         default_value = "./tokengate-data",
         env = "TOKENGATE_DATA_DIR"
     )]
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -137,10 +137,10 @@ enum DomainsCmd {
 }
 
 /// A failure with a stable code, printed the same way everywhere.
-struct Failure {
-    code: &'static str,
-    message: String,
-    exit: u8,
+pub(crate) struct Failure {
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+    pub(crate) exit: u8,
 }
 
 impl From<VaultError> for Failure {
@@ -159,7 +159,7 @@ impl From<VaultError> for Failure {
     }
 }
 
-fn fail(code: &'static str, message: impl Into<String>) -> Failure {
+pub(crate) fn fail(code: &'static str, message: impl Into<String>) -> Failure {
     Failure {
         code,
         message: message.into(),
@@ -167,7 +167,7 @@ fn fail(code: &'static str, message: impl Into<String>) -> Failure {
     }
 }
 
-fn report(json: bool, f: &Failure) -> ExitCode {
+pub(crate) fn report(json: bool, f: &Failure) -> ExitCode {
     let message = tokengate_core::redact_pans(&f.message).into_owned();
     if json {
         println!(
@@ -179,7 +179,7 @@ fn report(json: bool, f: &Failure) -> ExitCode {
     ExitCode::from(f.exit)
 }
 
-fn print_json<T: Serialize>(value: &T) -> Result<(), Failure> {
+pub(crate) fn print_json<T: Serialize>(value: &T) -> Result<(), Failure> {
     let text =
         serde_json::to_string_pretty(value).map_err(|e| fail("internal_error", e.to_string()))?;
     println!("{text}");
@@ -196,7 +196,7 @@ fn config(data_dir: &Path) -> Result<Config, Failure> {
     Ok(cfg)
 }
 
-async fn open(common: &Common) -> Result<(Arc<Vault>, Config), Failure> {
+pub(crate) async fn open(common: &Common) -> Result<(Arc<Vault>, Config), Failure> {
     let cfg = config(&common.data_dir)?;
     let vault = tokengate_server::run::open_vault(&cfg).await?;
     Ok((vault, cfg))
@@ -211,7 +211,7 @@ fn read_file(path: &Path, what: &str) -> Result<Zeroizing<Vec<u8>>, Failure> {
     })
 }
 
-fn actor() -> CertActor {
+pub(crate) fn actor() -> CertActor {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .ok();

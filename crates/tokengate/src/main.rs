@@ -19,6 +19,7 @@ mod audit_cmd;
 use audit_cmd::AuditCmd;
 mod certs;
 mod webhooks_cmd;
+mod keys_cmd;
 
 use clap::{Parser, Subcommand};
 use tokengate_server::config::{Config, ProcessEnv};
@@ -44,6 +45,12 @@ enum Cmd {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        /// Split the root key among N custodians (Shamir shares, each printed once) instead of writing root.key.
+        #[arg(long, value_name = "N", requires = "threshold", value_parser = clap::value_parser!(u8).range(2..=255))]
+        custodians: Option<u8>,
+        /// Shares needed to rebuild the root key (with --custodians).
+        #[arg(long, value_name = "K", requires = "custodians", value_parser = clap::value_parser!(u8).range(2..=255))]
+        threshold: Option<u8>,
     },
     /// Serve the HTTPS API.
     Serve {
@@ -63,6 +70,14 @@ enum Cmd {
     Certs(certs::CertsArgs),
     /// Domains and the certificate each is served with: list, add, update, remove.
     Domains(certs::DomainsArgs),
+    /// Key ring: list versions (no subcommand), rotate, rewrap, set-min-decryption-version, destroy.
+    Keys(keys_cmd::KeysArgs),
+    /// API keys: list (no subcommand), create, revoke.
+    ApiKeys(keys_cmd::ApiKeysArgs),
+    /// Send one custodian share to a sealed server (prompted, or one line of standard input).
+    Unseal(keys_cmd::SysArgs),
+    /// Seal a running server: its root key is dropped from memory (admin key in TOKENGATE_API_KEY).
+    Seal(keys_cmd::SysArgs),
     /// Audit trail commands.
     Audit {
         #[command(subcommand)]
@@ -123,12 +138,18 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
-        Cmd::Init { data_dir, json } => {
+        Cmd::Init {
+            data_dir,
+            json,
+            custodians,
+            threshold,
+        } => {
             tokengate_server::logging::init(Default::default());
             let database_url = std::env::var("DATABASE_URL").ok();
             let out = tokengate_vault::init(&InitOptions {
                 data_dir,
                 database_url,
+                custodians: custodians.zip(threshold),
             })
             .await?;
             if json {
@@ -148,6 +169,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Webhooks { cmd } => webhooks_cmd::run(cmd).await,
         Cmd::Certs(args) => Ok(certs::run_certs(args).await),
         Cmd::Domains(args) => Ok(certs::run_domains(args).await),
+        Cmd::Keys(args) => Ok(keys_cmd::run_keys(args).await),
+        Cmd::ApiKeys(args) => Ok(keys_cmd::run_api_keys(args).await),
+        Cmd::Unseal(args) => Ok(keys_cmd::run_unseal(args).await),
+        Cmd::Seal(args) => Ok(keys_cmd::run_seal(args).await),
         // Handled in `main` before the runtime starts.
         Cmd::Scan(_) => Ok(ExitCode::from(2)),
         Cmd::Ca {
@@ -174,10 +199,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn print_init(out: &tokengate_vault::InitOutput) {
     println!("Initialised {}", out.data_dir);
     println!("  database:         {}", out.database);
-    println!(
-        "  root key file:    {} (mode 0600; back it up apart from the database)",
-        out.root_key_file
-    );
+    match &out.root_key_file {
+        Some(f) => {
+            println!("  root key file:    {f} (mode 0600; back it up apart from the database)")
+        }
+        None => println!(
+            "  root key:         split among {} custodians, any {} of them unseal (no key file)",
+            out.shares.len(),
+            out.threshold.unwrap_or(0)
+        ),
+    }
     println!(
         "  TLS certificate:  {:?} in the certificate store (self-signed for localhost; see `tokengate certs`)",
         out.tls_certificate
@@ -186,6 +217,15 @@ fn print_init(out: &tokengate_vault::InitOutput) {
     println!();
     println!("Admin API key (shown once, store it now):");
     println!("  {}", out.admin_api_key);
+    if !out.shares.is_empty() {
+        println!();
+        println!(
+            "Custodian shares (each shown once: give each to its custodian now; tokengate never stores them):"
+        );
+        for (i, s) in out.shares.iter().enumerate() {
+            println!("  custodian {}: {s}", i + 1);
+        }
+    }
 }
 
 async fn serve(
@@ -213,6 +253,7 @@ async fn serve(
         let out = tokengate_vault::init(&InitOptions {
             data_dir: cfg.data_dir.clone(),
             database_url: cfg.database_url.clone(),
+            custodians: None,
         })
         .await?;
         print_init(&out);

@@ -4,4 +4,5 @@ pub mod acme;
 pub mod api_keys;
 pub mod audit;
 pub mod health;
+pub mod keys;
 pub mod tokens;

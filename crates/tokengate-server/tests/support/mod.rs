@@ -51,6 +51,7 @@ impl Harness {
         let out = tokengate_vault::init(&InitOptions {
             data_dir: data_dir.clone(),
             database_url: None,
+            custodians: None,
         })
         .await
         .unwrap();
@@ -80,7 +81,7 @@ impl Harness {
     }
 
     pub fn vault(&self) -> &tokengate_vault::Vault {
-        &self.running.as_ref().unwrap().vault
+        self.running.as_ref().unwrap().vault.as_ref().unwrap()
     }
 
     pub async fn stop(mut self) {
