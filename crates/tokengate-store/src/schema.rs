@@ -123,9 +123,14 @@ pub fn migrations(backend: Backend) -> Vec<(i64, Vec<String>)> {
              nats_state TEXT NOT NULL, nats_attempts {int} NOT NULL, nats_next_at {int} NOT NULL, nats_error TEXT, \
              UNIQUE (source, event_id))"
         ),
-        "CREATE INDEX IF NOT EXISTS webhook_events_app ON webhook_events (app_state, seq)"
+        // Partial: only events still waiting for a target are indexed (the
+        // delivery lanes' query); receipt with a target not configured
+        // writes no entry.
+        "CREATE INDEX IF NOT EXISTS webhook_events_app ON webhook_events (source, seq) \
+         WHERE app_state = 'pending'"
             .to_owned(),
-        "CREATE INDEX IF NOT EXISTS webhook_events_nats ON webhook_events (nats_state, seq)"
+        "CREATE INDEX IF NOT EXISTS webhook_events_nats ON webhook_events (source, seq) \
+         WHERE nats_state = 'pending'"
             .to_owned(),
         "CREATE INDEX IF NOT EXISTS webhook_events_received ON webhook_events (received_at)"
             .to_owned(),

@@ -497,6 +497,9 @@ async fn app_outage_delivered_later_in_order_and_resigned() {
                    "card": {"number": "4111111111111111", "exp_month": 12, "exp_year": 2031},
                    "note": "customer typed 5555 5555 5555 4444 in a memo"})
             .to_string()
+        } else if i == 4 {
+            // A card number spelled with JSON escapes.
+            r#"{"type":"invoice.paid","n":4,"memo":"\u0034111111111111111"}"#.to_owned()
         } else {
             json!({"type": "invoice.paid", "n": i}).to_string()
         };
@@ -549,6 +552,8 @@ async fn app_outage_delivered_later_in_order_and_resigned() {
     assert!(!token.contains("4111111111111111"));
     assert!(!token.is_empty());
     assert_eq!(card["note"], "customer typed **** **** **** 4444 in a memo");
+    assert_eq!(bodies[4]["memo"], "************1111");
+    assert_eq!(bodies[1]["type"], "invoice.paid");
     // Redelivery of the same card gives the same token (deterministic).
     let again = json!({"type": "card.updated", "n": 99,
         "card": {"number": "4111111111111111", "exp_month": 12, "exp_year": 2031}})

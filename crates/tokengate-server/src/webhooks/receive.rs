@@ -380,6 +380,16 @@ async fn screen(
     body: &[u8],
     meta: &RequestMeta,
 ) -> Result<(Vec<u8>, Option<String>), &'static str> {
+    // Fast path: nothing card-like in the raw text (and no `\u` escapes
+    // that could spell digits) and no fields to tokenize: the body is kept
+    // byte for byte and only its `type` is read.
+    if src.tokenize.is_empty()
+        && let Ok(text) = std::str::from_utf8(body)
+        && !text.contains("\\u")
+        && !tokengate_core::contains_pan_like(text)
+    {
+        return Ok((body.to_vec(), event_type_only(body)));
+    }
     match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(mut v) => {
             let event_type = v.get("type").and_then(|t| t.as_str()).map(|t| {
@@ -420,6 +430,23 @@ async fn screen(
             }
         },
     }
+}
+
+/// The top-level `"type"` string of a JSON body, PAN-safe and at most 128
+/// characters.
+fn event_type_only(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct TypeOnly {
+        #[serde(rename = "type", default)]
+        t: Option<String>,
+    }
+    serde_json::from_slice::<TypeOnly>(body).ok()?.t.map(|t| {
+        tokengate_audit::SafeText::new(&t)
+            .as_str()
+            .chars()
+            .take(128)
+            .collect()
+    })
 }
 
 /// Tokenize one configured card (deterministic: a redelivered event gets
