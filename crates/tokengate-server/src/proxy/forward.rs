@@ -121,6 +121,8 @@ pub async fn serve(listener: TcpListener, fwd: Arc<Forward>, mut stop: watch::Re
                 async move { Ok::<_, Infallible>(handle(fwd, peer, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
                 .serve_connection(TokioIo::new(tcp), svc)
                 .with_upgrades()
                 .await;
@@ -373,6 +375,8 @@ async fn intercept(
         }
     });
     let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
         .serve_connection(TokioIo::new(stream), svc)
         .await;
 }
