@@ -3,10 +3,13 @@
 # 1,000,000), then tokenize throughput over HTTPS with and without a rewrap
 # running. Needs a release build of the `tokengate` binary and the
 # `seed_records` example, and wrk (apt-get install wrk).
-# Usage: [TOKENGATE_BIN=path] [SEED_BIN=path] bench/run-rewrap-bench.sh [records] [wrk_seconds] [connections]
+# Usage: [TOKENGATE_BIN=path] [SEED_BIN=path] [RATE=records_per_s] bench/run-rewrap-bench.sh [records] [wrk_seconds] [connections]
+# RATE caps the two rewraps that run next to tokenize traffic (default: no
+# cap); with RATE set they are not waited for (the script reports progress).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N="${1:-1000000}"; DUR="${2:-10}"; CONN="${3:-32}"
+N="${1:-1000000}"; DUR="${2:-10}"; CONN="${3:-32}"; RATE="${RATE:-}"
+if [ -n "$RATE" ]; then BODY="{\"rate\": $RATE}"; CLI_RATE=(--rate "$RATE"); else BODY='{}'; CLI_RATE=(); fi
 TARGET="${CARGO_TARGET_DIR:-$HOME/.cache/tokengate-target}/release"
 BIN="${TOKENGATE_BIN:-$TARGET/tokengate}"
 SEED="${SEED_BIN:-$TARGET/examples/seed_records}"
@@ -37,13 +40,35 @@ TG_KEY=$(curl -sk "$BASE/v1/api-keys" -H "Authorization: Bearer $ADMIN" -H 'Cont
 export TG_KEY
 echo "-- idle"
 wrk -t2 -c"$CONN" -d"${DUR}s" --latency -s bench/tokenize.lua "$BASE/v1/tokens"
+# (a) the rewrap runs inside the server (admin API): it shares the server's
+# writer and group committer with the tokenize traffic.
 "$BIN" keys rotate --purpose data --data-dir "$WORK/data"
-"$BIN" keys rewrap --json --data-dir "$WORK/data" > "$WORK/rewrap2.json" &
+sleep 1.5   # the server reloads the ring within key_reload_ms
+curl -sk -X POST "$BASE/v1/keys/rewrap" -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' -d "$BODY" > /dev/null
+sleep 0.5
+echo "-- while the server rewraps (admin API)"
+wrk -t2 -c"$CONN" -d"${DUR}s" --latency -s bench/tokenize.lua "$BASE/v1/tokens"
+curl -sk "$BASE/v1/keys/rewrap" -H "Authorization: Bearer $ADMIN" | python3 -c 'import json,sys; s=json.load(sys.stdin); print("(the rewrap was still running when wrk ended: %d of %d)" % (s["done"], s["total"]) if s["running"] else "WARNING: the rewrap ended before wrk did")'
+while [ -z "$RATE" ]; do
+  curl -sk "$BASE/v1/keys/rewrap" -H "Authorization: Bearer $ADMIN" > "$WORK/status.json"
+  python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["running"] else 1)' "$WORK/status.json" || break
+  sleep 1
+done
+[ -z "$RATE" ] && python3 - "$WORK/status.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["report"]
+print(f"server rewrap: moved {r['moved']} of {r['total']} in {r['millis']/1000:.2f} s = {r['moved']/(r['millis']/1000):,.0f} records/s (skipped {r['skipped']}, failed {r['failed']}, remaining {r['remaining']})")
+PY
+
+# (b) the rewrap runs in another process (the CLI): two SQLite writers.
+"$BIN" keys rotate --purpose data --data-dir "$WORK/data"
+"$BIN" keys rewrap "${CLI_RATE[@]}" --json --data-dir "$WORK/data" > "$WORK/rewrap2.json" &
 RW=$!
 sleep 0.5
-echo "-- while rewrapping"
+echo "-- while the CLI rewraps (separate process)"
 wrk -t2 -c"$CONN" -d"${DUR}s" --latency -s bench/tokenize.lua "$BASE/v1/tokens"
 if kill -0 $RW 2>/dev/null; then echo "(the rewrap was still running when wrk ended)"; else echo "WARNING: the rewrap ended before wrk did"; fi
+if [ -n "$RATE" ]; then kill $RW; exit 0; fi
 wait $RW
 python3 - "$WORK/rewrap2.json" <<'PY'
 import json, sys

@@ -274,8 +274,9 @@ impl KeyRing {
             })
     }
 
-    /// The AEAD key of `purpose` at `version` for re-keying (see
-    /// [`entry_for_rekey`](Self::entry_for_rekey)).
+    /// The AEAD key of `purpose` at `version` for re-keying: retired
+    /// versions and versions below the minimum decryption version still
+    /// work here (records are moved off them); destroyed ones do not.
     pub fn aead_for_rekey(
         &self,
         purpose: KeyPurpose,

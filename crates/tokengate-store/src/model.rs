@@ -196,6 +196,15 @@ pub fn key_usage_columns(purpose: &str) -> &'static [(&'static str, &'static str
     }
 }
 
+/// What a DEK rewrap needs of a record (no card data, not even encrypted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DekRow {
+    pub tenant: String,
+    pub token: String,
+    pub kek_version: u32,
+    pub wrapped_dek: Vec<u8>,
+}
+
 /// How many stored records use one key version.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyUsage {

@@ -384,6 +384,37 @@ impl Store {
         rows.iter().map(|r| token_row(r, false)).collect()
     }
 
+    /// [`tokens_on_version`](Self::tokens_on_version) for a DEK rewrap:
+    /// only the four columns it needs.
+    pub async fn deks_on_version(
+        &self,
+        version: u32,
+        after: Option<(&str, &str)>,
+        limit: i64,
+    ) -> Result<Vec<DekRow>, StoreError> {
+        let (tenant, token) = after.unwrap_or(("", ""));
+        let rows = sqlx::query(
+            "SELECT tenant, token, kek_version, wrapped_dek FROM tokens WHERE kek_version = $1 \
+             AND (tenant, token) > ($2, $3) ORDER BY kek_version, tenant, token LIMIT $4",
+        )
+        .bind(i64::from(version))
+        .bind(tenant)
+        .bind(token)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DekRow {
+                    tenant: r.try_get(0)?,
+                    token: r.try_get(1)?,
+                    kek_version: to_u32(r.try_get(2)?, "kek version")?,
+                    wrapped_dek: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
     pub async fn count_tokens(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query("SELECT COUNT(*) FROM tokens")
             .fetch_one(&self.pool)

@@ -1252,6 +1252,16 @@ async fn key_lifecycle(store: &Store) {
         .map(|r| (r.tenant.as_str(), r.token.as_str()))
         .collect();
     assert_eq!(names, [("default", "tok_c"), ("other", "tok_d")]);
+    let deks = store
+        .deks_on_version(1, Some(("default", "tok_b")), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        deks.iter()
+            .map(|d| (d.token.as_str(), d.kek_version, d.wrapped_dek.clone()))
+            .collect::<Vec<_>>(),
+        [("tok_c", 1, vec![1, 2, 3]), ("tok_d", 1, vec![1, 2, 3])]
+    );
 
     // Compare-and-set: the first rewrap of tok_a wins, a replay does nothing.
     let rewrap = |from: u32| Op::RewrapDek {

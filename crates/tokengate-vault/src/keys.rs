@@ -650,22 +650,22 @@ impl Vault {
             versions.sort_unstable();
             let moved_before = report.moved;
             for v in versions {
-                let mut cursor: Option<(String, String)> = None;
+                // The next batch is read while the current one commits.
+                let mut next = self.rekey_fetch(column, v, None, batch).await?;
                 loop {
-                    let rows = self
-                        .store
-                        .tokens_on_version(
-                            column,
-                            v,
-                            cursor.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
-                            batch as i64,
-                        )
-                        .await?;
-                    let Some(last) = rows.last() else { break };
-                    cursor = Some((last.tenant.clone(), last.token.clone()));
-                    let ops = self.rekey_ops(&ring, purpose, target, &rows, &mut report);
-                    let n = rows.len() as u64;
-                    self.commit_rekey_batch(ops, &mut report).await?;
+                    let current = next;
+                    let Some(cursor) = current.last_key() else {
+                        break;
+                    };
+                    let ops = self.rekey_ops(&ring, purpose, target, &current, &mut report);
+                    let n = current.len() as u64;
+                    let after = Some((cursor.0.as_str(), cursor.1.as_str()));
+                    let (committed, fetched) = tokio::join!(
+                        self.commit_rekey_batch(ops, &mut report),
+                        self.rekey_fetch(column, v, after, batch)
+                    );
+                    committed?;
+                    next = fetched?;
                     done += n;
                     progress(done, report.total.max(done));
                     if let Some(rate) = opts.rate.filter(|r| *r > 0) {
@@ -704,43 +704,78 @@ impl Vault {
         Ok(report)
     }
 
-    /// The compare-and-set ops moving `rows` to `target`. Records that
+    async fn rekey_fetch(
+        &self,
+        column: RekeyColumn,
+        version: u32,
+        after: Option<(&str, &str)>,
+        batch: usize,
+    ) -> Result<RekeyBatch, VaultError> {
+        Ok(match column {
+            RekeyColumn::Data => RekeyBatch::Deks(
+                self.store
+                    .deks_on_version(version, after, batch as i64)
+                    .await?,
+            ),
+            RekeyColumn::Fingerprint => RekeyBatch::Rows(
+                self.store
+                    .tokens_on_version(column, version, after, batch as i64)
+                    .await?,
+            ),
+        })
+    }
+
+    /// The compare-and-set ops moving a batch to `target`. Records that
     /// cannot be moved are counted as failed and logged by token.
     fn rekey_ops(
         &self,
         ring: &KeyRing,
         purpose: KeyPurpose,
         target: u32,
-        rows: &[TokenRow],
+        batch: &RekeyBatch,
         report: &mut RekeyReport,
     ) -> Vec<Op> {
-        let mut ops = Vec::with_capacity(rows.len());
-        for row in rows {
-            let aad = RecordAad {
-                tenant: &row.tenant,
-                token: &row.token,
-            };
-            let env = Envelope {
-                kek_version: row.kek_version,
-                wrapped_dek: row.wrapped_dek.clone(),
-                ciphertext: Vec::new(),
-            };
-            let op = match purpose {
-                KeyPurpose::Data => env.rewrap(ring, aad).map(|moved| Op::RewrapDek {
-                    tenant: row.tenant.clone(),
-                    token: row.token.clone(),
-                    from_version: row.kek_version,
-                    to_version: moved.kek_version,
-                    wrapped_dek: moved.wrapped_dek,
-                }),
-                _ => refingerprint(ring, row, target),
-            };
-            match op {
-                // The ring snapshot's active version is the target.
-                Ok(op) => ops.push(op),
-                Err(e) => {
-                    report.failed += 1;
-                    tracing::error!(token = %row.token, error = %e, "record could not be re-keyed");
+        let mut ops = Vec::with_capacity(batch.len());
+        let mut fail = |token: &str, e: tokengate_crypto::CryptoError| {
+            report.failed += 1;
+            tracing::error!(token = %token, error = %e, "record could not be re-keyed");
+        };
+        match (purpose, batch) {
+            (KeyPurpose::Data, RekeyBatch::Deks(rows)) => {
+                for row in rows {
+                    let aad = RecordAad {
+                        tenant: &row.tenant,
+                        token: &row.token,
+                    };
+                    let env = Envelope {
+                        kek_version: row.kek_version,
+                        wrapped_dek: row.wrapped_dek.clone(),
+                        ciphertext: Vec::new(),
+                    };
+                    // The ring snapshot's active version is the target.
+                    match env.rewrap(ring, aad) {
+                        Ok(moved) => ops.push(Op::RewrapDek {
+                            tenant: row.tenant.clone(),
+                            token: row.token.clone(),
+                            from_version: row.kek_version,
+                            to_version: moved.kek_version,
+                            wrapped_dek: moved.wrapped_dek,
+                        }),
+                        Err(e) => fail(&row.token, e),
+                    }
+                }
+            }
+            (_, RekeyBatch::Rows(rows)) => {
+                for row in rows {
+                    match refingerprint(ring, row, target) {
+                        Ok(op) => ops.push(op),
+                        Err(e) => fail(&row.token, e),
+                    }
+                }
+            }
+            (_, RekeyBatch::Deks(rows)) => {
+                for row in rows {
+                    fail(&row.token, tokengate_crypto::CryptoError::Malformed);
                 }
             }
         }
@@ -800,6 +835,29 @@ impl Vault {
                 Ok(())
             }
             Err(JobError::Database(e)) => Err(VaultError::Internal(e)),
+        }
+    }
+}
+
+/// One batch of a re-keying job: a DEK rewrap reads only what it needs.
+enum RekeyBatch {
+    Deks(Vec<tokengate_store::DekRow>),
+    Rows(Vec<TokenRow>),
+}
+
+impl RekeyBatch {
+    fn len(&self) -> usize {
+        match self {
+            RekeyBatch::Deks(r) => r.len(),
+            RekeyBatch::Rows(r) => r.len(),
+        }
+    }
+
+    /// `(tenant, token)` of the last record: where the next batch starts.
+    fn last_key(&self) -> Option<(String, String)> {
+        match self {
+            RekeyBatch::Deks(r) => r.last().map(|d| (d.tenant.clone(), d.token.clone())),
+            RekeyBatch::Rows(r) => r.last().map(|t| (t.tenant.clone(), t.token.clone())),
         }
     }
 }

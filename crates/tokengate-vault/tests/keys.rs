@@ -429,6 +429,67 @@ async fn rotation_by_another_process_is_picked_up(f: Fixture) {
     assert_eq!(row.kek_version, 2, "new writes use the new version at once");
 }
 
+/// An active key older than its cryptoperiod raises an audit alert, and is
+/// rotated when automatic rotation is on.
+async fn cryptoperiods_warn_and_rotate(f: Fixture) {
+    let vault = f.open().await;
+    let periods = [(KeyPurpose::Data, 365), (KeyPurpose::Cvc, 365)];
+    assert!(
+        vault
+            .check_cryptoperiods(&periods, false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    vault
+        .store()
+        .execute_raw_for_tests(
+            "UPDATE keys SET created_at = created_at - 400 * 86400 WHERE purpose = 'data'",
+        )
+        .await
+        .unwrap();
+    let found = vault.check_cryptoperiods(&periods, false).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!((found[0].purpose.as_str(), found[0].version), ("data", 1));
+    assert!(found[0].age_days >= 400);
+    assert_eq!(found[0].rotated_to, None);
+    // 0 means no cryptoperiod.
+    assert!(
+        vault
+            .check_cryptoperiods(&[(KeyPurpose::Data, 0)], true)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let alerts = vault
+        .store()
+        .audit_events(0, 100_000)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.event_json.contains("cryptoperiod_exceeded"))
+        .count();
+    assert_eq!(alerts, 1, "one audit alert per exceeded check");
+    let found = vault.check_cryptoperiods(&periods, true).await.unwrap();
+    assert_eq!(found[0].rotated_to, Some(2));
+    assert!(
+        vault
+            .check_cryptoperiods(&periods, true)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let active: Vec<u32> = vault
+        .list_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|k| k.purpose == "data" && k.state == "active")
+        .map(|k| k.version)
+        .collect();
+    assert_eq!(active, vec![2]);
+}
+
 macro_rules! both {
     ($name:ident, $body:ident) => {
         mod $name {
@@ -451,3 +512,4 @@ both!(rotate_rewrap_min, rotation_rewrap_and_min_version);
 both!(fingerprint, fingerprint_rotation_keeps_search);
 both!(refusals, bad_requests_are_refused);
 both!(pickup, rotation_by_another_process_is_picked_up);
+both!(cryptoperiod, cryptoperiods_warn_and_rotate);

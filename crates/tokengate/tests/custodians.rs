@@ -280,6 +280,24 @@ fn shares_unseal_k_and_only_k() {
             .await
             .unwrap();
         assert_eq!(r.status(), 503);
+        // Guessing shares is rate-limited (30 attempts a minute).
+        let mut limited = false;
+        for _ in 0..31 {
+            let r = c
+                .post(format!("{addr}/v1/sys/unseal"))
+                .json(&json!({"share": "tgs1-1-AAAA-0000"}))
+                .send()
+                .await
+                .unwrap();
+            if r.status() == 429 {
+                let e: Value = r.json().await.unwrap();
+                assert_eq!(e["error"]["code"], "too_many_unseal_attempts");
+                limited = true;
+                break;
+            }
+            assert_eq!(r.status(), 422);
+        }
+        assert!(limited, "unseal attempts are rate-limited");
     });
     drop(server);
     // No share, in text or as raw bytes, is in any file the vault wrote.
