@@ -213,19 +213,58 @@ fn is_token(v: &str) -> bool {
     v.starts_with("tok_")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn edge_proxy_keeps_card_numbers_out_of_the_app() {
-    let dir = test_dir("proxy-");
+/// A data dir with its admin key, a recording app, a recording TLS
+/// processor, and an address where nothing listens.
+struct Setup {
+    dir: std::path::PathBuf,
+    data: std::path::PathBuf,
+    admin: String,
+    app_log: Log,
+    proc_log: Log,
+    app: SocketAddr,
+    proc_addr: SocketAddr,
+    ca: std::path::PathBuf,
+    dead: SocketAddr,
+}
+
+async fn setup(prefix: &str) -> Setup {
+    let dir = test_dir(prefix);
     let data = dir.join("data");
     let admin = init(&data);
     let app_log: Log = Arc::default();
     let proc_log: Log = Arc::default();
     let app = spawn_app(app_log.clone()).await;
     let (proc_addr, ca) = spawn_processor(proc_log.clone(), &dir).await;
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    Setup {
+        dir,
+        data,
+        admin,
+        app_log,
+        proc_log,
+        app,
+        proc_addr,
+        ca,
+        dead,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_proxy_keeps_card_numbers_out_of_the_app() {
+    let Setup {
+        dir,
+        data,
+        admin,
+        app_log,
+        proc_log,
+        app,
+        proc_addr,
+        ca,
+        dead,
+    } = setup("proxy-").await;
     let cfg_file = dir.join("tokengate.toml");
     std::fs::write(&cfg_file, config(app, dead, proc_addr.port(), &ca, "")).unwrap();
     let log = dir.join("server.log");
@@ -740,17 +779,17 @@ fn url_pairs(body: &str) -> Vec<(String, String)> {
 /// become card numbers; anything else is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forward_proxy_intercepts_tls_toward_processors_only() {
-    let dir = test_dir("proxy-fwd-");
-    let data = dir.join("data");
-    let admin = init(&data);
-    let app_log: Log = Arc::default();
-    let proc_log: Log = Arc::default();
-    let app = spawn_app(app_log.clone()).await;
-    let (proc_addr, ca) = spawn_processor(proc_log.clone(), &dir).await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let Setup {
+        dir,
+        data,
+        admin,
+        app_log,
+        proc_log,
+        app,
+        proc_addr,
+        ca,
+        dead,
+    } = setup("proxy-fwd-").await;
     let extra = "[outbound]\nlisten = \"127.0.0.1:0\"\ntunnel = [\"localhost:1\"]\n";
     let cfg_file = dir.join("tokengate.toml");
     // `[outbound]` must come before the array tables that extend it.
