@@ -570,6 +570,14 @@ impl Config {
         }
         if let Some(p) = &self.proxy {
             p.compile().map_err(|e| cerr(&e.field, e.message))?;
+            if !p.tls && !(self.behind_proxy && !self.trusted_proxies.is_empty()) {
+                return Err(cerr(
+                    "proxy.tls",
+                    "`tls = false` is for a proxy listener behind a router that terminates TLS: \
+                     set `behind_proxy = true` and `trusted_proxies` (the router's addresses), \
+                     so that only requests the router received over HTTPS are accepted",
+                ));
+            }
             if let Some(n) = p.max_body_bytes
                 && !(1024..=64 * 1024 * 1024).contains(&n)
             {
@@ -775,6 +783,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.listen_addr().port(), 7000);
+    }
+
+    #[test]
+    fn a_plain_proxy_listener_needs_a_trusted_router() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        let route = "[[proxy.inbound]]\nname = \"r\"\nupstream = \"http://127.0.0.1:9\"\n";
+        std::fs::write(
+            &file,
+            format!("[proxy]\nlisten = \"127.0.0.1:0\"\ntls = false\n{route}"),
+        )
+        .unwrap();
+        let e = Config::load(Some(&file), &env(&[])).unwrap_err();
+        assert_eq!(e.field, "proxy.tls", "{e}");
+        std::fs::write(
+            &file,
+            format!(
+                "behind_proxy = true\ntrusted_proxies = [\"10.0.0.0/8\"]\n[proxy]\nlisten = \"127.0.0.1:0\"\ntls = false\n{route}"
+            ),
+        )
+        .unwrap();
+        assert!(Config::load(Some(&file), &env(&[])).is_ok());
     }
 
     #[test]

@@ -375,7 +375,13 @@ async fn start_proxy(
     let edge = crate::edge::EdgeConfig {
         behind_proxy: config.behind_proxy,
         trusted_proxies: config.trusted_proxy_cidrs().unwrap_or_default(),
-        https_port: addr.port(),
+        // Redirects from a plain listener behind a router name the public
+        // HTTPS port, not ours.
+        https_port: if p.tls {
+            addr.port()
+        } else {
+            config.public_https_port.unwrap_or(443)
+        },
     };
     let papp = crate::app::proxy_layers(crate::proxy::router(pstate), edge);
     let ptls = p.tls.then(|| tls.clone());

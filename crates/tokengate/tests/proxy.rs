@@ -799,6 +799,14 @@ async fn forward_proxy_intercepts_tls_toward_processors_only() {
         &format!("{extra}\n[[outbound.processors]]"),
         1,
     );
+    // This server's proxy listener is plain HTTP behind a router (here the
+    // test itself, on 127.0.0.1) that terminates TLS.
+    let text = text.replacen(
+        "max_body_bytes = 4096\n",
+        "max_body_bytes = 4096\ntls = false\n",
+        1,
+    );
+    let text = format!("behind_proxy = true\ntrusted_proxies = [\"127.0.0.1/32\"]\n{text}");
     std::fs::write(&cfg_file, text).unwrap();
     let server = Server::start_with(
         &data,
@@ -812,6 +820,38 @@ async fn forward_proxy_intercepts_tls_toward_processors_only() {
         .expect("forward proxy address printed");
     let c = client();
     let base = server.base.clone();
+    let plain = server.proxy.clone().unwrap();
+    assert!(plain.starts_with("http://"), "{plain}");
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // What the router received over plain HTTP is sent to HTTPS (308).
+    let r = no_redirects
+        .post(format!("{plain}/checkout/pay"))
+        .header("x-forwarded-proto", "http")
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 308);
+    assert!(app_log.lock().unwrap().is_empty());
+    let r = no_redirects
+        .post(format!("{plain}/checkout/pay"))
+        .header("x-forwarded-proto", "https")
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"card": {{"number": "{PAN_FORM}"}}}}"#))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = app_log.lock().unwrap().pop().unwrap();
+    assert!(
+        !seen.body.contains(PAN_FORM) && seen.body.contains("tok_"),
+        "{}",
+        seen.body
+    );
     let revealer = new_key(&c, &base, &admin, &["reveal"]).await;
     let relay_key = new_key(&c, &base, &admin, &["relay"]).await;
     let tokenizer = new_key(&c, &base, &admin, &["tokenize"]).await;
@@ -905,5 +945,5 @@ async fn forward_proxy_intercepts_tls_toward_processors_only() {
         .unwrap();
     assert_eq!(v["events"].as_array().unwrap().len(), 3, "{v}");
     drop(server);
-    assert_absent(&dir, &[PAN, PAN_PROC].map(str::to_owned));
+    assert_absent(&dir, &[PAN, PAN_PROC, PAN_FORM].map(str::to_owned));
 }
