@@ -570,7 +570,8 @@ impl Config {
         }
         if let Some(p) = &self.proxy {
             p.compile().map_err(|e| cerr(&e.field, e.message))?;
-            if !p.tls && !(self.behind_proxy && !self.trusted_proxies.is_empty()) {
+            let trusted_router = self.behind_proxy && !self.trusted_proxies.is_empty();
+            if !(p.tls || trusted_router) {
                 return Err(cerr(
                     "proxy.tls",
                     "`tls = false` is for a proxy listener behind a router that terminates TLS: \
