@@ -18,8 +18,8 @@ mod audit_cmd;
 
 use audit_cmd::AuditCmd;
 mod certs;
-mod webhooks_cmd;
 mod keys_cmd;
+mod webhooks_cmd;
 
 use clap::{Parser, Subcommand};
 use tokengate_server::config::{Config, ProcessEnv};
