@@ -70,6 +70,7 @@ async fn fixture(name: &str, postgres: bool) -> Option<Fixture> {
         data_dir: dir.clone(),
         database_url: database_url.clone(),
         custodians: None,
+        pkcs11: None,
     })
     .await
     .unwrap();
