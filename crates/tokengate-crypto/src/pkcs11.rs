@@ -352,11 +352,18 @@ pub mod test_support {
     /// Set in a child test process that runs inside a prepared token.
     const CHILD_ENV: &str = "TOKENGATE_TEST_SOFTHSM_CHILD";
 
-    /// A fresh SoftHSM2 configuration with one initialised token.
+    /// A fresh SoftHSM2 configuration with one initialised token, removed
+    /// when dropped.
     #[derive(Debug)]
     pub struct SoftHsm {
         pub dir: PathBuf,
         pub conf: PathBuf,
+    }
+
+    impl Drop for SoftHsm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 
     fn present() -> bool {
