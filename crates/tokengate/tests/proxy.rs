@@ -426,26 +426,14 @@ async fn edge_proxy_keeps_card_numbers_out_of_the_app() {
     }
     // Card numbers in the URL (also percent-encoded) or a header.
     for (url, header, code) in [
-        (
-            format!("{proxy}/checkout/pay?card={PAN_STRAY}"),
-            None,
-            "card_data_in_url",
-        ),
+        (format!("{proxy}/checkout/pay?card={PAN_STRAY}"), None, "card_data_in_url"),
         (
             format!("{proxy}/checkout/pay?card=%34{}", &PAN_STRAY[1..]),
             None,
             "card_data_in_url",
         ),
-        (
-            format!("{proxy}/checkout/{PAN_STRAY}"),
-            None,
-            "card_data_in_url",
-        ),
-        (
-            format!("{proxy}/checkout/pay"),
-            Some(PAN_STRAY),
-            "card_data_in_header",
-        ),
+        (format!("{proxy}/checkout/{PAN_STRAY}"), None, "card_data_in_url"),
+        (format!("{proxy}/checkout/pay"), Some(PAN_STRAY), "card_data_in_header"),
     ] {
         let mut rq = c.get(&url);
         if let Some(h) = header {
@@ -579,11 +567,7 @@ async fn edge_proxy_keeps_card_numbers_out_of_the_app() {
     // Dot segments could climb out of the processor's base path. HTTP
     // clients normalise them away, so send the request line as is.
     let hostport = proxy.trim_start_matches("https://").to_owned();
-    for path in [
-        "/relay/acquirer/v1/%2e%2e/admin",
-        "/relay/acquirer/./x",
-        "/relay/acquirer/a/../b",
-    ] {
+    for path in ["/relay/acquirer/v1/%2e%2e/admin", "/relay/acquirer/./x", "/relay/acquirer/a/../b"] {
         let raw = raw_https(
             &hostport,
             &format!(
@@ -706,14 +690,7 @@ async fn edge_proxy_keeps_card_numbers_out_of_the_app() {
 fn raw_https(hostport: &str, request: &str) -> String {
     use std::io::Write;
     let mut child = std::process::Command::new("openssl")
-        .args([
-            "s_client",
-            "-quiet",
-            "-connect",
-            hostport,
-            "-servername",
-            "localhost",
-        ])
+        .args(["s_client", "-quiet", "-connect", hostport, "-servername", "localhost"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
