@@ -3,7 +3,7 @@
 //! Key hierarchy (see docs/key-hierarchy.md):
 //!
 //! ```text
-//! root key (provider: file | …)            never in the database
+//! root key (provider: file | custodians | pkcs11)   never in the database
 //!   └─ wraps KEKs, one set of versions per purpose, stored wrapped in the DB
 //!        data        ─ wraps each record's DEK (AES-256-GCM)
 //!        cvc         ─ encrypts CVCs directly (short-lived)
@@ -24,6 +24,8 @@ pub mod aead;
 pub mod custodians;
 pub mod envelope;
 pub mod keyring;
+#[cfg(feature = "pkcs11")]
+pub mod pkcs11;
 pub mod random;
 pub mod root;
 pub mod secret;
@@ -52,6 +54,9 @@ pub enum CryptoError {
     Malformed,
     #[error("root key file {path}: {reason}")]
     RootKeyFile { path: String, reason: String },
+    /// The HSM (pkcs11 provider) refused or failed; never carries the PIN.
+    #[error("root key HSM: {0}")]
+    Hsm(String),
     #[error("crypto library failure")]
     Library,
 }

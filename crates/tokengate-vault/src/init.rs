@@ -13,6 +13,7 @@ use std::sync::Arc;
 use data_encoding::HEXLOWER;
 use serde::Serialize;
 use tokengate_audit::{Action, AuditEvent, Ident, Outcome};
+use tokengate_crypto::pkcs11::{Pkcs11Config, Pkcs11RootKey};
 use tokengate_crypto::{FileRootKey, KeyRing, RootKeyProvider};
 use tokengate_store::{Job, KeyRow, Op, Store};
 use tokengate_tls::TrustRoots;
@@ -30,6 +31,10 @@ pub struct InitOptions {
     /// `(custodians, threshold)`: split the root key into custodian shares
     /// instead of writing it to `root.key`.
     pub custodians: Option<(u8, u8)>,
+    /// Keep the root key in an HSM (the pkcs11 provider): the key labelled
+    /// `key_label` in the token is used, or generated inside it. The PIN
+    /// comes from `TOKENGATE_PKCS11_PIN`.
+    pub pkcs11: Option<Pkcs11Config>,
 }
 
 /// What `init` created. `admin_api_key` is shown this once.
@@ -48,6 +53,9 @@ pub struct InitOutput {
     pub shares: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threshold: Option<u8>,
+    /// The HSM key (pkcs11 provider): module, token label, key label.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pkcs11: Option<Pkcs11Config>,
     /// Name of the self-signed certificate in the certificate store.
     pub tls_certificate: String,
     pub audit_public_key: String,
@@ -103,21 +111,39 @@ pub async fn init(opts: &InitOptions) -> Result<InitOutput, VaultError> {
             ),
         ));
     }
+    if opts.custodians.is_some() && opts.pkcs11.is_some() {
+        return Err(VaultError::invalid(
+            "invalid_root_key_provider",
+            "choose one root-key provider: custodians or pkcs11, not both",
+        ));
+    }
+    // The HSM first: a missing PIN or token is reported before anything
+    // is written.
+    let hsm_root = match &opts.pkcs11 {
+        Some(cfg) => Some(open_hsm_root(cfg)?),
+        None => None,
+    };
     DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&dir.0)
         .map_err(|e| io_err("cannot create", &dir.0, e))?;
     let (root, shares): (Arc<dyn RootKeyProvider>, Vec<zeroize::Zeroizing<String>>) =
-        match opts.custodians {
-            None => (
+        match (opts.custodians, hsm_root) {
+            (None, Some(root)) => {
+                let text = serde_json::to_vec_pretty(root.config())
+                    .map_err(|e| VaultError::Internal(e.to_string()))?;
+                write_file(&dir.pkcs11(), &text, 0o600)?;
+                (Arc::new(root), Vec::new())
+            }
+            (None, None) => (
                 Arc::new(
                     FileRootKey::create(&dir.root_key())
                         .map_err(|e| VaultError::Internal(e.to_string()))?,
                 ),
                 Vec::new(),
             ),
-            Some((n, k)) => {
+            (Some((n, k)), _) => {
                 let split = tokengate_crypto::custodians::split_new_root(n, k)
                     .map_err(|e| VaultError::invalid("invalid_custodians", e.to_string()))?;
                 let setup = serde_json::to_vec_pretty(&split.setup)
@@ -225,13 +251,23 @@ pub async fn init(opts: &InitOptions) -> Result<InitOutput, VaultError> {
             dir.database().display().to_string()
         },
         root_key_provider: root.kind().to_owned(),
-        root_key_file: opts
-            .custodians
-            .is_none()
+        root_key_file: (opts.custodians.is_none() && opts.pkcs11.is_none())
             .then(|| dir.root_key().display().to_string()),
         threshold: opts.custodians.map(|(_, k)| k),
+        pkcs11: opts.pkcs11.clone(),
         shares: shares.iter().map(|s| s.to_string()).collect(),
         tls_certificate: LOCALHOST_CERT.to_owned(),
         audit_public_key,
     })
+}
+
+/// The root key in the HSM named by `cfg` (generated inside the token when
+/// it has no key with that label), logged in with the PIN from the
+/// environment.
+fn open_hsm_root(cfg: &Pkcs11Config) -> Result<Pkcs11RootKey, VaultError> {
+    let pin = tokengate_crypto::pkcs11::pin_from_env()
+        .map_err(|e| VaultError::invalid("pkcs11_pin_missing", e.to_string()))?;
+    let (root, _generated) = Pkcs11RootKey::open_or_generate(cfg, &pin)
+        .map_err(|e| VaultError::invalid("pkcs11_unavailable", e.to_string()))?;
+    Ok(root)
 }

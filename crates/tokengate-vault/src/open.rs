@@ -32,6 +32,11 @@ impl DataDir {
     pub fn custodians(&self) -> PathBuf {
         self.0.join("custodians.json")
     }
+    /// With the pkcs11 root-key provider: module path, token label and key
+    /// label (never the PIN, never key material).
+    pub fn pkcs11(&self) -> PathBuf {
+        self.0.join("pkcs11.json")
+    }
     /// Legacy (before the certificate store): the self-signed certificate
     /// file. Imported into the store on first start, see
     /// `Vault::import_legacy_tls_files`.
@@ -317,6 +322,10 @@ impl Vault {
             let root = unseal_with_shares(&dir, config.share_source.as_ref())?;
             return Self::open_with_root(config, Arc::new(root)).await;
         }
+        if dir.pkcs11().exists() {
+            let root = open_pkcs11(&dir)?;
+            return Self::open_with_root(config, Arc::new(root)).await;
+        }
         let root =
             FileRootKey::open(&dir.root_key()).map_err(|e| VaultError::Setup(e.to_string()))?;
         Self::open_with_root(config, Arc::new(root)).await
@@ -402,6 +411,19 @@ impl Vault {
     pub(crate) fn ring(&self) -> Arc<KeyRing> {
         self.ring.get()
     }
+}
+
+/// Log in to the HSM recorded in the data directory (PIN from
+/// `TOKENGATE_PKCS11_PIN`) and find the root key there.
+fn open_pkcs11(dir: &DataDir) -> Result<tokengate_crypto::pkcs11::Pkcs11RootKey, VaultError> {
+    use tokengate_crypto::pkcs11::{Pkcs11Config, Pkcs11RootKey, pin_from_env};
+    let path = dir.pkcs11();
+    let text = std::fs::read(&path)
+        .map_err(|e| VaultError::Setup(format!("cannot read {}: {e}", path.display())))?;
+    let cfg: Pkcs11Config = serde_json::from_slice(&text)
+        .map_err(|e| VaultError::Setup(format!("{} is corrupt: {e}", path.display())))?;
+    let pin = pin_from_env().map_err(|e| VaultError::Setup(e.to_string()))?;
+    Pkcs11RootKey::open(&cfg, &pin).map_err(|e| VaultError::Setup(e.to_string()))
 }
 
 /// Rebuild the root key from custodian shares taken from `source`.

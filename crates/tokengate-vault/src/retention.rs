@@ -168,6 +168,7 @@ mod tests {
             data_dir: dir.clone(),
             database_url: None,
             custodians: None,
+            pkcs11: None,
         })
         .await
         .unwrap();

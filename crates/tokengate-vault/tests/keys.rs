@@ -10,7 +10,8 @@
 //! every record to the newest version; a raised minimum decryption version
 //! refuses old records until they are rewrapped; destroy is refused while
 //! records use a version; fingerprint rotation keeps search and
-//! deterministic tokens working throughout.
+//! deterministic tokens working throughout. Each runs a third time with
+//! the root key in a SoftHSM2 token (pkcs11 provider) instead of `root.key`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +33,21 @@ struct Fixture {
 }
 
 async fn fixture(name: &str, postgres: bool) -> Option<Fixture> {
+    fixture_with(name, postgres, None).await
+}
+
+/// The root key in the SoftHSM2 token the test process was started with
+/// (see `in_child_with_token`).
+fn hsm_config() -> tokengate_crypto::pkcs11::Pkcs11Config {
+    use tokengate_crypto::pkcs11::test_support::{SOFTHSM_MODULE, TOKEN_LABEL};
+    tokengate_crypto::pkcs11::Pkcs11Config::new(SOFTHSM_MODULE, TOKEN_LABEL, "root")
+}
+
+async fn fixture_with(
+    name: &str,
+    postgres: bool,
+    pkcs11: Option<tokengate_crypto::pkcs11::Pkcs11Config>,
+) -> Option<Fixture> {
     let database_url = if postgres {
         let url = match std::env::var("TOKENGATE_TEST_POSTGRES_URL") {
             Ok(u) => u,
@@ -70,6 +86,7 @@ async fn fixture(name: &str, postgres: bool) -> Option<Fixture> {
         data_dir: dir.clone(),
         database_url: database_url.clone(),
         custodians: None,
+        pkcs11,
     })
     .await
     .unwrap();
@@ -503,6 +520,29 @@ macro_rules! both {
                 if let Some(f) = super::fixture(stringify!($name), true).await {
                     super::$body(f).await;
                 }
+            }
+            /// SQLite, root key in SoftHSM2 (re-run in a child process
+            /// pointed at a fresh token; skipped outside CI without it).
+            #[test]
+            fn pkcs11() {
+                use tokengate_crypto::pkcs11::test_support::in_child_with_token;
+                if !in_child_with_token(concat!(stringify!($name), "::pkcs11")) {
+                    return;
+                }
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let f =
+                        super::fixture_with(stringify!($name), false, Some(super::hsm_config()))
+                            .await
+                            .unwrap();
+                    assert!(!f.dir.join("root.key").exists());
+                    assert!(f.dir.join("pkcs11.json").exists());
+                    super::$body(f).await;
+                });
             }
         }
     };

@@ -51,6 +51,20 @@ enum Cmd {
         /// Shares needed to rebuild the root key (with --custodians).
         #[arg(long, value_name = "K", requires = "custodians", value_parser = clap::value_parser!(u8).range(2..=255))]
         threshold: Option<u8>,
+        /// Keep the root key in an HSM: path of its PKCS#11 module (the PIN is read from TOKENGATE_PKCS11_PIN).
+        #[arg(
+            long,
+            value_name = "PATH",
+            requires = "pkcs11_token",
+            conflicts_with = "custodians"
+        )]
+        pkcs11_module: Option<PathBuf>,
+        /// Label of the HSM token that holds the root key (with --pkcs11-module).
+        #[arg(long, value_name = "LABEL", requires = "pkcs11_module")]
+        pkcs11_token: Option<String>,
+        /// Label of the root key object in the token; generated inside the token when absent.
+        #[arg(long, value_name = "LABEL", requires = "pkcs11_module", default_value = tokengate_crypto::pkcs11::DEFAULT_KEY_LABEL)]
+        pkcs11_key_label: String,
     },
     /// Serve the HTTPS API.
     Serve {
@@ -143,6 +157,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             custodians,
             threshold,
+            pkcs11_module,
+            pkcs11_token,
+            pkcs11_key_label,
         } => {
             tokengate_server::logging::init(Default::default());
             let database_url = std::env::var("DATABASE_URL").ok();
@@ -150,6 +167,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 data_dir,
                 database_url,
                 custodians: custodians.zip(threshold),
+                pkcs11: pkcs11_module.zip(pkcs11_token).map(|(module, token)| {
+                    tokengate_crypto::pkcs11::Pkcs11Config::new(module, &token, &pkcs11_key_label)
+                }),
             })
             .await?;
             if json {
@@ -199,11 +219,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn print_init(out: &tokengate_vault::InitOutput) {
     println!("Initialised {}", out.data_dir);
     println!("  database:         {}", out.database);
-    match &out.root_key_file {
-        Some(f) => {
+    match (&out.root_key_file, &out.pkcs11) {
+        (Some(f), _) => {
             println!("  root key file:    {f} (mode 0600; back it up apart from the database)")
         }
-        None => println!(
+        (None, Some(p)) => println!(
+            "  root key:         AES-256 key {:?} inside HSM token {:?} ({}); it never leaves the HSM",
+            p.key_label,
+            p.token_label,
+            p.module.display()
+        ),
+        (None, None) => println!(
             "  root key:         split among {} custodians, any {} of them unseal (no key file)",
             out.shares.len(),
             out.threshold.unwrap_or(0)
@@ -254,6 +280,7 @@ async fn serve(
             data_dir: cfg.data_dir.clone(),
             database_url: cfg.database_url.clone(),
             custodians: None,
+            pkcs11: None,
         })
         .await?;
         print_init(&out);
