@@ -162,6 +162,15 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
+/// The API key in a `Bearer <key>` header value (`Authorization`, or
+/// `Proxy-Authorization` on the edge proxy).
+pub(crate) fn bearer(value: &axum::http::HeaderValue) -> Option<&str> {
+    let v = value.to_str().ok()?;
+    v.strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+        .map(str::trim)
+}
+
 /// The caller, authenticated from `Authorization: Bearer <api key>`.
 #[derive(Debug)]
 pub struct Authed(pub Caller);
@@ -178,15 +187,7 @@ impl FromRequestParts<AppState> for Authed {
             .get::<RequestMeta>()
             .cloned()
             .unwrap_or_default();
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim);
+        let presented = parts.headers.get(header::AUTHORIZATION).and_then(bearer);
         let caller = state.vault.authenticate(presented, meta).await?;
         Ok(Authed(caller))
     }

@@ -240,7 +240,7 @@ fn parse_domain(domain: &str) -> Result<DomainName, VaultError> {
     DomainName::parse(domain.trim()).map_err(cert_err)
 }
 
-fn sha256(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn sha256(bytes: &[u8]) -> Vec<u8> {
     aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes)
         .as_ref()
         .to_vec()

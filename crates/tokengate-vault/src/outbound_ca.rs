@@ -15,6 +15,7 @@ use tokengate_store::{Job, Op};
 use zeroize::Zeroizing;
 
 use crate::access::{RequestMeta, event};
+use crate::certs::sha256;
 use crate::error::VaultError;
 use crate::open::Vault;
 
@@ -54,12 +55,6 @@ fn ca_params() -> Result<rcgen::CertificateParams, VaultError> {
         rcgen::KeyUsagePurpose::DigitalSignature,
     ];
     Ok(p)
-}
-
-fn sha256(b: &[u8]) -> Vec<u8> {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b)
-        .as_ref()
-        .to_vec()
 }
 
 fn der_of(pem: &str) -> Result<Vec<u8>, VaultError> {

@@ -45,21 +45,8 @@ async fn reject(
     detail: String,
     message: String,
 ) -> ApiError {
-    if state
-        .vault
-        .record_edge_event(
-            Action::ProxyReject,
-            code,
-            caller.key_id.as_str(),
-            &caller.meta,
-            &detail,
-        )
-        .await
-        .is_err()
-    {
-        return ApiError::from(tokengate_vault::VaultError::AuditUnavailable);
-    }
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    let error = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message);
+    crate::proxy::audited_error(state, caller, Action::ProxyReject, &detail, error).await
 }
 
 fn tokenize_request(

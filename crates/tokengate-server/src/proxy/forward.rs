@@ -143,11 +143,8 @@ fn meta_for(peer: SocketAddr, req: &Request<Incoming>) -> RequestMeta {
 
 /// The API key in `Proxy-Authorization` (Basic password or Bearer).
 fn presented_key(req: &Request<Incoming>) -> Option<String> {
-    let v = req
-        .headers()
-        .get(header::PROXY_AUTHORIZATION)?
-        .to_str()
-        .ok()?;
+    let value = req.headers().get(header::PROXY_AUTHORIZATION)?;
+    let v = value.to_str().ok()?;
     if let Some(b) = v
         .strip_prefix("Basic ")
         .or_else(|| v.strip_prefix("basic "))
@@ -156,9 +153,7 @@ fn presented_key(req: &Request<Incoming>) -> Option<String> {
         let text = String::from_utf8(raw).ok()?;
         return text.split_once(':').map(|(_, p)| p.to_owned());
     }
-    v.strip_prefix("Bearer ")
-        .or_else(|| v.strip_prefix("bearer "))
-        .map(|k| k.trim().to_owned())
+    crate::extract::bearer(value).map(str::to_owned)
 }
 
 async fn handle(fwd: Arc<Forward>, peer: SocketAddr, req: Request<Incoming>) -> Response {

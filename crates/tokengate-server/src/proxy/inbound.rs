@@ -376,29 +376,14 @@ async fn refuse_url_or_header(
             .await
             .map_err(ApiError::from);
     }
-    if state
-        .vault
-        .record_edge_event(
-            Action::ProxyReject,
-            code,
-            caller.key_id.as_str(),
-            &caller.meta,
-            &detail,
-        )
-        .await
-        .is_err()
-    {
-        return Err(ApiError::from(
-            tokengate_vault::VaultError::AuditUnavailable,
-        ));
-    }
-    Err(ApiError::new(
+    let error = ApiError::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         code,
         format!(
             "the {where_} hold something that looks like a card number; send card numbers only in the request body's configured fields"
         ),
-    ))
+    );
+    Err(crate::proxy::audited_error(state, caller, Action::ProxyReject, &detail, error).await)
 }
 
 /// 502/504 for a failed upstream call, with an audit record.
@@ -423,21 +408,15 @@ pub async fn upstream_failure(
         )
     };
     tracing::warn!(route = name, code, "proxy upstream failure");
-    if state
-        .vault
-        .record_edge_event(
-            Action::ProxyUpstreamError,
-            code,
-            caller.key_id.as_str(),
-            &caller.meta,
-            &format!("route={name}"),
-        )
-        .await
-        .is_err()
-    {
-        return ApiError::from(tokengate_vault::VaultError::AuditUnavailable);
-    }
-    ApiError::new(status, code, message)
+    let error = ApiError::new(status, code, message);
+    crate::proxy::audited_error(
+        state,
+        caller,
+        Action::ProxyUpstreamError,
+        &format!("route={name}"),
+        error,
+    )
+    .await
 }
 
 /// The upstream's answer as our response: streamed through unless card data

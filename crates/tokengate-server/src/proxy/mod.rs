@@ -141,6 +141,31 @@ impl ProxyState {
     }
 }
 
+/// A refusal (or upstream failure) as an API error, once its audit record is
+/// written; `audit_unavailable` when it cannot be (fail closed).
+pub(crate) async fn audited_error(
+    state: &ProxyState,
+    caller: &tokengate_vault::Caller,
+    action: tokengate_audit::Action,
+    detail: &str,
+    error: crate::error::ApiError,
+) -> crate::error::ApiError {
+    match state
+        .vault
+        .record_edge_event(
+            action,
+            error.code,
+            caller.key_id.as_str(),
+            &caller.meta,
+            detail,
+        )
+        .await
+    {
+        Ok(()) => error,
+        Err(_) => tokengate_vault::VaultError::AuditUnavailable.into(),
+    }
+}
+
 /// The proxy's router: the relay, then every inbound route.
 pub fn router(state: Arc<ProxyState>) -> Router {
     Router::new()

@@ -82,30 +82,8 @@ pub(crate) async fn deny(
     detail: &str,
     message: String,
 ) -> ApiError {
-    if state
-        .vault
-        .record_edge_event(
-            Action::EgressDenied,
-            "egress_denied",
-            caller.key_id.as_str(),
-            &caller.meta,
-            detail,
-        )
-        .await
-        .is_err()
-    {
-        return ApiError::from(tokengate_vault::VaultError::AuditUnavailable);
-    }
-    ApiError::new(StatusCode::FORBIDDEN, "egress_denied", message)
-}
-
-fn host_of(base: &str) -> &str {
-    let rest = &base[base.find("://").map_or(0, |i| i + 3)..];
-    let authority = rest.split('/').next().unwrap_or("");
-    if let Some(v6) = authority.strip_prefix('[') {
-        return v6.split(']').next().unwrap_or("");
-    }
-    authority.split(':').next().unwrap_or("")
+    let error = ApiError::new(StatusCode::FORBIDDEN, "egress_denied", message);
+    crate::proxy::audited_error(state, caller, Action::EgressDenied, detail, error).await
 }
 
 async fn run(
@@ -134,12 +112,7 @@ async fn run(
     let presented = req
         .headers()
         .get(header::PROXY_AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
+        .and_then(crate::extract::bearer);
     let caller = state.vault.authenticate(presented, meta).await?;
     state
         .vault
@@ -176,7 +149,7 @@ async fn check_literal(
     live: &LiveProcessor,
 ) -> Result<(), ApiError> {
     let cfg = &live.processor.cfg;
-    let host = host_of(&live.processor.base);
+    let host = live.processor.host.as_str();
     if !egress::is_ip_literal(host) {
         return Ok(());
     }
@@ -340,16 +313,4 @@ pub async fn send_to_processor(
         rules.relay_timeout,
     )
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hosts_of_base_urls() {
-        assert_eq!(host_of("https://api.example.com/v1"), "api.example.com");
-        assert_eq!(host_of("https://127.0.0.1:8443"), "127.0.0.1");
-        assert_eq!(host_of("https://[::1]:8443/x"), "::1");
-    }
 }
