@@ -72,14 +72,47 @@ pub struct RekeyOptions {
     /// At most this many records per second (`None`: as fast as the store
     /// takes them).
     pub rate: Option<u32>,
+    /// While live traffic is seen (the audit chain grew during the last
+    /// batch: tokenize, reveal, … by anyone, on any node), the job runs at
+    /// most this share of the wall-clock time and sleeps the rest, in
+    /// batches of at most [`BUSY_BATCH`] records. `1.0` never yields. With
+    /// no live traffic the job runs flat out.
+    pub busy_share: f64,
 }
+
+/// Largest batch while live traffic is seen: one batch holds the single
+/// writer for a few milliseconds at most.
+pub const BUSY_BATCH: usize = 200;
+
+/// Default [`RekeyOptions::busy_share`].
+pub const DEFAULT_BUSY_SHARE: f64 = 0.2;
 
 impl Default for RekeyOptions {
     fn default() -> Self {
         RekeyOptions {
             batch: 1000,
             rate: None,
+            busy_share: DEFAULT_BUSY_SHARE,
         }
+    }
+}
+
+impl RekeyOptions {
+    /// Check values a user sent (CLI flag, admin API body).
+    pub fn validate(&self) -> Result<(), VaultError> {
+        if !(self.busy_share > 0.0 && self.busy_share <= 1.0) {
+            return Err(VaultError::invalid(
+                "invalid_busy_share",
+                "busy_share must be greater than 0 and at most 1 (1 = never yield to live traffic)",
+            ));
+        }
+        if self.batch == 0 || self.batch > 10_000 {
+            return Err(VaultError::invalid(
+                "invalid_batch",
+                "batch must be between 1 and 10000 records",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -103,6 +136,9 @@ pub struct RekeyReport {
     /// Records still on an older version when the job ended.
     pub remaining: u64,
     pub millis: u64,
+    /// Of `millis`, the time the job slept to leave the store and the CPU
+    /// to live traffic (see [`RekeyOptions::busy_share`]).
+    pub yielded_millis: u64,
 }
 
 /// A re-keying job running in the background (admin API), as last seen.
@@ -195,6 +231,7 @@ impl Vault {
         actor: KeyActor,
     ) -> Result<RekeyJobStatus, VaultError> {
         rekey_column(purpose)?;
+        opts.validate()?;
         let status = {
             let mut g = self
                 .rekey_job
@@ -609,6 +646,7 @@ impl Vault {
         progress: Progress<'_>,
     ) -> Result<RekeyReport, VaultError> {
         let column = rekey_column(purpose)?;
+        opts.validate()?;
         // Start from the newest ring in the store (another process may
         // have rotated).
         self.reload_key_ring().await?;
@@ -635,7 +673,8 @@ impl Vault {
         self.record(vec![ev]).await?;
         progress(0, report.total);
 
-        let batch = opts.batch.clamp(1, 10_000);
+        let batch = opts.batch;
+        let mut pacer = Pacer::new(opts.busy_share, self.audit_seq().await?);
         let mut done = 0u64;
         // A server that had not yet noticed the rotation may have written a
         // few records under the old version behind our cursor: go round
@@ -657,17 +696,26 @@ impl Vault {
                     let Some(cursor) = current.last_key() else {
                         break;
                     };
+                    let step = Instant::now();
                     let ops = self.rekey_ops(&ring, purpose, target, &current, &mut report);
                     let n = current.len() as u64;
                     let after = Some((cursor.0.as_str(), cursor.1.as_str()));
                     let (committed, fetched) = tokio::join!(
                         self.commit_rekey_batch(ops, &mut report),
-                        self.rekey_fetch(column, v, after, batch)
+                        self.rekey_fetch(column, v, after, pacer.batch(batch))
                     );
                     committed?;
                     next = fetched?;
                     done += n;
                     progress(done, report.total.max(done));
+                    // Yield to live traffic: the job's own audit records are
+                    // written only at start and finish, so a growing chain
+                    // means someone else is using the vault.
+                    if let Some(pause) = pacer.after_batch(self.audit_seq().await?, step.elapsed())
+                    {
+                        tokio::time::sleep(pause).await;
+                        report.yielded_millis += pause.as_millis() as u64;
+                    }
                     if let Some(rate) = opts.rate.filter(|r| *r > 0) {
                         let due = Duration::from_secs_f64(done as f64 / f64::from(rate));
                         let elapsed = started.elapsed();
@@ -702,6 +750,11 @@ impl Vault {
         }
         self.record(vec![ev]).await?;
         Ok(report)
+    }
+
+    /// The audit chain's length (0 before the first record).
+    async fn audit_seq(&self) -> Result<u64, VaultError> {
+        Ok(self.store.audit_head().await?.map_or(0, |h| h.seq))
     }
 
     async fn rekey_fetch(
@@ -839,6 +892,45 @@ impl Vault {
     }
 }
 
+/// Paces a re-keying job around live traffic: flat out while the audit
+/// chain stands still, at most `share` of the wall-clock time (in small
+/// batches) while it grows.
+struct Pacer {
+    share: f64,
+    last_seq: u64,
+    busy: bool,
+}
+
+impl Pacer {
+    fn new(share: f64, seq: u64) -> Pacer {
+        Pacer {
+            share,
+            last_seq: seq,
+            busy: false,
+        }
+    }
+
+    /// Size of the next batch to read.
+    fn batch(&self, configured: usize) -> usize {
+        if self.busy {
+            configured.min(BUSY_BATCH)
+        } else {
+            configured
+        }
+    }
+
+    /// After a batch that took `worked`, with the chain now at `seq`: how
+    /// long to sleep before the next one.
+    fn after_batch(&mut self, seq: u64, worked: Duration) -> Option<Duration> {
+        self.busy = seq != self.last_seq;
+        self.last_seq = seq;
+        if !self.busy || self.share >= 1.0 {
+            return None;
+        }
+        Some(worked.mul_f64((1.0 - self.share) / self.share))
+    }
+}
+
 /// One batch of a re-keying job: a DEK rewrap reads only what it needs.
 enum RekeyBatch {
     Deks(Vec<tokengate_store::DekRow>),
@@ -897,4 +989,35 @@ pub fn usage_map(list: &[KeyVersionInfo]) -> HashMap<(String, u32), i64> {
     list.iter()
         .filter_map(|k| k.records.map(|n| ((k.purpose.clone(), k.version), n)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacer_runs_flat_out_while_the_chain_stands_still() {
+        let mut p = Pacer::new(0.2, 7);
+        assert_eq!(p.batch(1000), 1000);
+        assert_eq!(p.after_batch(7, Duration::from_millis(10)), None);
+        assert_eq!(p.batch(1000), 1000);
+    }
+
+    #[test]
+    fn pacer_yields_its_share_while_the_chain_grows() {
+        let mut p = Pacer::new(0.2, 7);
+        // 10 ms of work at a 20 % share: 40 ms of sleep.
+        assert_eq!(
+            p.after_batch(9, Duration::from_millis(10)),
+            Some(Duration::from_millis(40))
+        );
+        assert_eq!(p.batch(1000), BUSY_BATCH);
+        assert_eq!(p.batch(50), 50);
+        // Traffic stops: flat out again, full batches.
+        assert_eq!(p.after_batch(9, Duration::from_millis(10)), None);
+        assert_eq!(p.batch(1000), 1000);
+        // A share of 1 never yields.
+        let mut never = Pacer::new(1.0, 0);
+        assert_eq!(never.after_batch(5, Duration::from_millis(10)), None);
+    }
 }

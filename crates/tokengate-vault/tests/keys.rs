@@ -235,7 +235,7 @@ async fn rotation_rewrap_and_min_version(f: Fixture) {
             KeyPurpose::Data,
             RekeyOptions {
                 batch: 2,
-                rate: None,
+                ..RekeyOptions::default()
             },
             &actor(),
             &no_progress,
@@ -417,10 +417,109 @@ async fn bad_requests_are_refused(f: Fixture) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), "rekey_unsupported");
+    for (opts, code) in [
+        (
+            RekeyOptions {
+                busy_share: 0.0,
+                ..RekeyOptions::default()
+            },
+            "invalid_busy_share",
+        ),
+        (
+            RekeyOptions {
+                busy_share: 1.5,
+                ..RekeyOptions::default()
+            },
+            "invalid_busy_share",
+        ),
+        (
+            RekeyOptions {
+                busy_share: f64::NAN,
+                ..RekeyOptions::default()
+            },
+            "invalid_busy_share",
+        ),
+        (
+            RekeyOptions {
+                batch: 0,
+                ..RekeyOptions::default()
+            },
+            "invalid_batch",
+        ),
+    ] {
+        let err = vault
+            .rekey(KeyPurpose::Data, opts, &actor(), &no_progress)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), code, "{opts:?}");
+    }
     assert_eq!(
         tokengate_vault::parse_purpose("nope").unwrap_err().code(),
         "unknown_key_purpose"
     );
+}
+
+/// A rewrap yields to live traffic (tokenize running next to it) and runs
+/// flat out when there is none; every record moves either way.
+async fn rewrap_yields_to_live_traffic(f: Fixture) {
+    let vault = f.open().await;
+    let app = Arc::new(caller(&vault, &f.admin_key).await);
+    let writes = (0..300).map(|i| {
+        let (vault, app) = (vault.clone(), app.clone());
+        async move {
+            vault
+                .tokenize(&app, &request(PANS[i % PANS.len()], false))
+                .await
+                .unwrap()
+        }
+    });
+    futures::future::join_all(writes).await;
+    vault.rotate_key(KeyPurpose::Data, &actor()).await.unwrap();
+
+    // Live traffic: tokenize in a loop until the rewrap is done.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (vault, app, stop) = (vault.clone(), app.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                vault
+                    .tokenize(&app, &request(PANS[0], false))
+                    .await
+                    .unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let opts = RekeyOptions {
+        batch: 10,
+        busy_share: 0.25,
+        ..RekeyOptions::default()
+    };
+    let busy = vault
+        .rekey(KeyPurpose::Data, opts, &actor(), &no_progress)
+        .await
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let live = traffic.await.unwrap();
+    assert!(live > 0);
+    assert_eq!((busy.moved, busy.failed, busy.remaining), (300, 0, 0));
+    assert!(
+        busy.yielded_millis > 0,
+        "no yield under live traffic: {busy:?}"
+    );
+    assert!(busy.yielded_millis <= busy.millis, "{busy:?}");
+
+    // No traffic: no yield.
+    vault.rotate_key(KeyPurpose::Data, &actor()).await.unwrap();
+    let idle = vault
+        .rekey(KeyPurpose::Data, opts, &actor(), &no_progress)
+        .await
+        .unwrap();
+    assert_eq!(idle.remaining, 0, "{idle:?}");
+    assert!(idle.moved >= 300, "{idle:?}");
+    assert_eq!(idle.yielded_millis, 0, "{idle:?}");
 }
 
 /// Another process (the CLI) rotates; the running vault's poll picks it up.
@@ -553,3 +652,4 @@ both!(fingerprint, fingerprint_rotation_keeps_search);
 both!(refusals, bad_requests_are_refused);
 both!(pickup, rotation_by_another_process_is_picked_up);
 both!(cryptoperiod, cryptoperiods_warn_and_rotate);
+both!(rewrap_yields, rewrap_yields_to_live_traffic);

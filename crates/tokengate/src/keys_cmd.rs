@@ -43,6 +43,9 @@ enum KeysCmd {
         /// Records per transaction.
         #[arg(long, default_value_t = 1000)]
         batch: usize,
+        /// While live traffic is seen, run at most this share of the time (0 < x <= 1; 1 = never yield).
+        #[arg(long, default_value_t = tokengate_vault::keys::DEFAULT_BUSY_SHARE)]
+        busy_share: f64,
     },
     /// Refuse decryption under versions below VERSION (records on them fail until rewrapped).
     SetMinDecryptionVersion {
@@ -148,12 +151,17 @@ async fn keys(args: KeysArgs) -> Result<(), Failure> {
             purpose,
             rate,
             batch,
+            busy_share,
         }) => {
             let bar = progress_bar();
             let r = vault
                 .rekey(
                     parse_purpose(&purpose)?,
-                    RekeyOptions { batch, rate },
+                    RekeyOptions {
+                        batch,
+                        rate,
+                        busy_share,
+                    },
                     &actor(),
                     &bar,
                 )
@@ -166,12 +174,13 @@ async fn keys(args: KeysArgs) -> Result<(), Failure> {
             } else {
                 let secs = (r.millis as f64 / 1000.0).max(0.001);
                 println!(
-                    "{}: {} records moved to version {} in {:.1} s ({:.0}/s); {} changed meanwhile, {} failed, {} remaining",
+                    "{}: {} records moved to version {} in {:.1} s ({:.0}/s; {:.1} s of it yielded to live traffic); {} changed meanwhile, {} failed, {} remaining",
                     r.purpose,
                     r.moved,
                     r.target_version,
                     secs,
                     r.moved as f64 / secs,
+                    r.yielded_millis as f64 / 1000.0,
                     r.skipped,
                     r.failed,
                     r.remaining

@@ -66,6 +66,9 @@ pub struct RewrapBody {
     pub rate: Option<u32>,
     /// Records per transaction (default 1000, at most 10000).
     pub batch: Option<usize>,
+    /// Share of the time the job may run while live traffic is seen
+    /// (0 < x ≤ 1; default 0.2; 1 = never yield).
+    pub busy_share: Option<f64>,
 }
 
 /// A re-keying job's report.
@@ -79,6 +82,8 @@ pub struct RekeyReportBody {
     pub failed: u64,
     pub remaining: u64,
     pub millis: u64,
+    /// Of `millis`, the time the job slept to leave room for live traffic.
+    pub yielded_millis: u64,
 }
 
 impl From<RekeyReport> for RekeyReportBody {
@@ -92,6 +97,7 @@ impl From<RekeyReport> for RekeyReportBody {
             failed: r.failed,
             remaining: r.remaining,
             millis: r.millis,
+            yielded_millis: r.yielded_millis,
         }
     }
 }
@@ -213,6 +219,9 @@ pub async fn rewrap(
         opts.batch = b;
     }
     opts.rate = body.rate;
+    if let Some(share) = body.busy_share {
+        opts.busy_share = share;
+    }
     let status = s.vault.start_rekey(purpose, opts, actor)?;
     Ok((StatusCode::ACCEPTED, Json(status.into())))
 }
