@@ -67,7 +67,8 @@ pub struct InitOutput {
     pub share_recipients: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threshold: Option<u8>,
-    /// The HSM key (pkcs11 provider): module, token label, key label.
+    /// The HSM key (pkcs11 provider): module, token label, key label and,
+    /// when chosen by slot, the slot ID.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pkcs11: Option<Pkcs11Config>,
     /// Name of the self-signed certificate in the certificate store.
@@ -157,6 +158,8 @@ pub async fn init(opts: &InitOptions) -> Result<InitOutput, VaultError> {
         Some(cfg) => Some(open_hsm_root(cfg)?),
         None => None,
     };
+    // As resolved in the token (a slot chosen alone gets its token label).
+    let hsm_config = hsm_root.as_ref().map(|r| r.config().clone());
     DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -301,7 +304,7 @@ pub async fn init(opts: &InitOptions) -> Result<InitOutput, VaultError> {
         root_key_file: (opts.custodians.is_none() && opts.pkcs11.is_none())
             .then(|| dir.root_key().display().to_string()),
         threshold: opts.custodians.map(|(_, k)| k),
-        pkcs11: opts.pkcs11.clone(),
+        pkcs11: hsm_config,
         shares: shares.iter().map(|s| s.to_string()).collect(),
         share_encryption: (!opts.custodian_keys.is_empty())
             .then(|| tokengate_crypto::share_keys::SHARE_ENCRYPTION.to_owned()),

@@ -42,6 +42,11 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Create a data directory: database, root key, audit signing key, TLS certificate, admin API key.
+    #[command(group(
+        clap::ArgGroup::new("pkcs11_selector")
+            .args(["pkcs11_token", "pkcs11_slot"])
+            .multiple(true)
+    ))]
     Init {
         #[arg(long, default_value = "./tokengate-data", env = "TOKENGATE_DATA_DIR")]
         data_dir: PathBuf,
@@ -62,13 +67,17 @@ enum Cmd {
         #[arg(
             long,
             value_name = "PATH",
-            requires = "pkcs11_token",
+            requires = "pkcs11_selector",
             conflicts_with = "custodians"
         )]
         pkcs11_module: Option<PathBuf>,
-        /// Label of the HSM token that holds the root key (with --pkcs11-module).
+        /// Label of the HSM token that holds the root key (with --pkcs11-module); must be unique among the module's tokens.
         #[arg(long, value_name = "LABEL", requires = "pkcs11_module")]
         pkcs11_token: Option<String>,
+        /// Slot ID of the HSM token (with --pkcs11-module), when its label is not unique; kept in pkcs11.json.
+        /// With --pkcs11-token too, the token in that slot must carry that label.
+        #[arg(long, value_name = "ID", requires = "pkcs11_module")]
+        pkcs11_slot: Option<u64>,
         /// Label of the root key object in the token; generated inside the token when absent.
         #[arg(long, value_name = "LABEL", requires = "pkcs11_module", default_value = tokengate_crypto::pkcs11::DEFAULT_KEY_LABEL)]
         pkcs11_key_label: String,
@@ -167,6 +176,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             custodian_keys,
             pkcs11_module,
             pkcs11_token,
+            pkcs11_slot,
             pkcs11_key_label,
         } => {
             tokengate_server::logging::init(Default::default());
@@ -184,8 +194,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 database_url,
                 custodians: custodians.zip(threshold),
                 custodian_keys,
-                pkcs11: pkcs11_module.zip(pkcs11_token).map(|(module, token)| {
-                    tokengate_crypto::pkcs11::Pkcs11Config::new(module, &token, &pkcs11_key_label)
+                pkcs11: pkcs11_module.map(|module| {
+                    let cfg = tokengate_crypto::pkcs11::Pkcs11Config::new(
+                        module,
+                        pkcs11_token.as_deref().unwrap_or(""),
+                        &pkcs11_key_label,
+                    );
+                    match pkcs11_slot {
+                        Some(slot) => cfg.with_slot(slot),
+                        None => cfg,
+                    }
                 }),
             })
             .await?;
@@ -286,9 +304,10 @@ fn print_init(out: &tokengate_vault::InitOutput) {
             println!("  root key file:    {f} (mode 0600; back it up apart from the database)")
         }
         (None, Some(p)) => println!(
-            "  root key:         AES-256 key {:?} inside HSM token {:?} ({}); it never leaves the HSM",
+            "  root key:         AES-256 key {:?} inside HSM token {:?}{} ({}); it never leaves the HSM",
             p.key_label,
             p.token_label,
+            p.slot.map(|s| format!(" in slot {s}")).unwrap_or_default(),
             p.module.display()
         ),
         (None, None) => println!(
