@@ -428,7 +428,8 @@ fn print_seal(json: bool, r: &tokengate_server::sealed::SealReply) {
 }
 
 /// `tokengate unseal`: read one share (prompted on a terminal, else one line
-/// of standard input) and send it to the server.
+/// of standard input; with `--identity`, an armored age block decrypted
+/// locally) and send it to the server.
 pub async fn run_unseal(args: UnsealArgs) -> ExitCode {
     let UnsealArgs {
         sys: args,

@@ -104,7 +104,7 @@ enum Cmd {
     Keys(keys_cmd::KeysArgs),
     /// API keys: list (no subcommand), create, revoke.
     ApiKeys(keys_cmd::ApiKeysArgs),
-    /// Send one custodian share to a sealed server (prompted, or one line of standard input).
+    /// Send one custodian share to a sealed server (prompted, or one line of standard input; with --identity, an age-encrypted share block).
     Unseal(keys_cmd::UnsealArgs),
     /// Seal a running server: its root key is dropped from memory (admin key in TOKENGATE_API_KEY).
     Seal(keys_cmd::SysArgs),
