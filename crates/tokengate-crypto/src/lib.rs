@@ -29,6 +29,7 @@ pub mod pkcs11;
 pub mod random;
 pub mod root;
 pub mod secret;
+pub mod share_keys;
 pub mod tls_key;
 
 pub use envelope::{Envelope, RecordAad};

@@ -12,12 +12,27 @@
 //! tag (16)`.
 //!
 //! What the data directory keeps ([`Pkcs11Config`], `pkcs11.json`): module
-//! path, token label and key label. Never the PIN: it comes from the
-//! environment variable [`PIN_ENV`] when a vault is opened, and is held only
-//! as a zeroized secret until the login.
+//! path, token label, key label and, when the token was chosen by slot, the
+//! slot ID. Never the PIN: it comes from the environment variable
+//! [`PIN_ENV`] when a vault is opened, and is held only as a zeroized secret
+//! (the `secrecy` type cryptoki uses) for as long as the provider lives, so
+//! that a lost session can be logged in again.
+//!
+//! Token selection: by label, which must then name exactly one initialised
+//! token (two tokens with one label are refused as ambiguous), or by slot
+//! ID (`--pkcs11-slot`), whose token must carry the recorded label.
+//!
+//! Session loss: HSMs drop sessions (a restart, a network HSM's reconnect,
+//! a token removed and put back, another application logging the token
+//! out). When a wrap or unwrap fails with a session-level error
+//! ([`is_session_error`]), the provider opens a new session, logs in again,
+//! finds the key again by its label (its handle may have changed), checks
+//! its attributes again and retries the operation once. If that fails too,
+//! the error is returned: the caller's operation fails closed.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -26,6 +41,7 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +69,10 @@ pub struct Pkcs11Config {
     pub token_label: String,
     /// `CKA_LABEL` of the AES-256 root key object in that token.
     pub key_label: String,
+    /// The slot ID, when the token was chosen by slot (`--pkcs11-slot`);
+    /// the token found there must carry `token_label`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u64>,
 }
 
 impl Pkcs11Config {
@@ -62,8 +82,34 @@ impl Pkcs11Config {
             module: module.into(),
             token_label: token_label.to_owned(),
             key_label: key_label.to_owned(),
+            slot: None,
         }
     }
+
+    /// Choose the token by slot ID. An empty `token_label` is filled in
+    /// with the label of the token found there when the key is opened.
+    pub fn with_slot(mut self, slot: u64) -> Pkcs11Config {
+        self.slot = Some(slot);
+        self
+    }
+}
+
+/// Whether a PKCS#11 error means the session (or the login, or the key's
+/// handle in it) was lost rather than that the operation itself was
+/// refused: the provider then reconnects and retries once.
+pub fn is_session_error(rv: RvError) -> bool {
+    matches!(
+        rv,
+        RvError::SessionHandleInvalid
+            | RvError::SessionClosed
+            | RvError::DeviceRemoved
+            | RvError::TokenNotPresent
+            | RvError::UserNotLoggedIn
+            // After a logout or a reinsertion, modules drop the handles of
+            // private objects; the key is found again by its label.
+            | RvError::KeyHandleInvalid
+            | RvError::ObjectHandleInvalid
+    )
 }
 
 fn hsm_err(what: &str, e: CkError) -> CryptoError {
@@ -109,12 +155,20 @@ fn context(module: &Path) -> Result<Pkcs11, CryptoError> {
     Ok(ctx)
 }
 
-/// The root key held in an HSM. Only a session handle and an object handle
-/// are kept here; the key value is never in this process.
-pub struct Pkcs11RootKey {
-    session: Mutex<Session>,
+/// A logged-in session and the root key's handle in it.
+struct Connection {
+    session: Session,
     key: ObjectHandle,
+}
+
+/// The root key held in an HSM. Only a session handle and an object handle
+/// are kept here (and the PIN, to log in again after a lost session); the
+/// key value is never in this process.
+pub struct Pkcs11RootKey {
+    conn: Mutex<Connection>,
     config: Pkcs11Config,
+    pin: AuthPin,
+    reconnects: AtomicU64,
 }
 
 impl std::fmt::Debug for Pkcs11RootKey {
@@ -123,6 +177,7 @@ impl std::fmt::Debug for Pkcs11RootKey {
             .field("module", &self.config.module)
             .field("token_label", &self.config.token_label)
             .field("key_label", &self.config.key_label)
+            .field("slot", &self.config.slot)
             .finish_non_exhaustive()
     }
 }
@@ -180,8 +235,9 @@ fn check_key(session: &Session, key: ObjectHandle, label: &str) -> Result<(), Cr
     Ok(())
 }
 
-fn login(ctx: &Pkcs11, config: &Pkcs11Config, pin: &AuthPin) -> Result<Session, CryptoError> {
-    let mut slot = None;
+/// The slot of the token `config` names, and that token's label.
+fn find_slot(ctx: &Pkcs11, config: &Pkcs11Config) -> Result<(Slot, String), CryptoError> {
+    let mut tokens = Vec::new();
     for s in ctx
         .get_slots_with_initialized_token()
         .map_err(|e| hsm_err("C_GetSlotList", e))?
@@ -189,18 +245,51 @@ fn login(ctx: &Pkcs11, config: &Pkcs11Config, pin: &AuthPin) -> Result<Session, 
         let info = ctx
             .get_token_info(s)
             .map_err(|e| hsm_err("C_GetTokenInfo", e))?;
-        if info.label().trim_end() == config.token_label {
-            slot = Some(s);
-            break;
-        }
+        tokens.push((s, info.label().trim_end().to_owned()));
     }
-    let slot = slot.ok_or_else(|| {
-        CryptoError::Hsm(format!(
+    if let Some(id) = config.slot {
+        let (slot, label) = tokens
+            .into_iter()
+            .find(|(s, _)| s.id() == id)
+            .ok_or_else(|| {
+                CryptoError::Hsm(format!(
+                    "no initialised token in slot {id} of the PKCS#11 module {}",
+                    config.module.display()
+                ))
+            })?;
+        if !config.token_label.is_empty() && label != config.token_label {
+            return Err(CryptoError::Hsm(format!(
+                "slot {id} holds the token labelled {label:?}, not {:?}; refusing to use another token",
+                config.token_label
+            )));
+        }
+        return Ok((slot, label));
+    }
+    let matching: Vec<Slot> = tokens
+        .iter()
+        .filter(|(_, l)| *l == config.token_label)
+        .map(|(s, _)| *s)
+        .collect();
+    match matching.as_slice() {
+        [one] => Ok((*one, config.token_label.clone())),
+        [] => Err(CryptoError::Hsm(format!(
             "no initialised token labelled {:?} in the PKCS#11 module {}",
             config.token_label,
             config.module.display()
-        ))
-    })?;
+        ))),
+        many => Err(CryptoError::Hsm(format!(
+            "the token label {:?} is ambiguous: {} tokens carry it (slots {}); choose one with --pkcs11-slot ID",
+            config.token_label,
+            many.len(),
+            many.iter()
+                .map(|s| s.id().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+fn login(ctx: &Pkcs11, slot: Slot, pin: &AuthPin) -> Result<Session, CryptoError> {
     let session = ctx
         .open_rw_session(slot)
         .map_err(|e| hsm_err("C_OpenSession", e))?;
@@ -213,6 +302,27 @@ fn login(ctx: &Pkcs11, config: &Pkcs11Config, pin: &AuthPin) -> Result<Session, 
     }
 }
 
+/// Find the token, log in, find and check the key: a ready connection and
+/// the configuration with the token label filled in.
+fn connect(
+    config: &Pkcs11Config,
+    pin: &AuthPin,
+) -> Result<(Connection, Pkcs11Config), CryptoError> {
+    let ctx = context(&config.module)?;
+    let (slot, label) = find_slot(&ctx, config)?;
+    let session = login(&ctx, slot, pin)?;
+    let key = find_key(&session, &config.key_label)?.ok_or_else(|| {
+        CryptoError::Hsm(format!(
+            "no key labelled {:?} in token {label:?}",
+            config.key_label
+        ))
+    })?;
+    check_key(&session, key, &config.key_label)?;
+    let mut config = config.clone();
+    config.token_label = label;
+    Ok((Connection { session, key }, config))
+}
+
 impl Pkcs11RootKey {
     /// Open the existing root key named by `config`.
     pub fn open(config: &Pkcs11Config, pin: &AuthPin) -> Result<Pkcs11RootKey, CryptoError> {
@@ -222,19 +332,12 @@ impl Pkcs11RootKey {
                 config.format
             )));
         }
-        let ctx = context(&config.module)?;
-        let session = login(&ctx, config, pin)?;
-        let key = find_key(&session, &config.key_label)?.ok_or_else(|| {
-            CryptoError::Hsm(format!(
-                "no key labelled {:?} in token {:?}",
-                config.key_label, config.token_label
-            ))
-        })?;
-        check_key(&session, key, &config.key_label)?;
+        let (conn, config) = connect(config, pin)?;
         Ok(Pkcs11RootKey {
-            session: Mutex::new(session),
-            key,
-            config: config.clone(),
+            conn: Mutex::new(conn),
+            config,
+            pin: pin.clone(),
+            reconnects: AtomicU64::new(0),
         })
     }
 
@@ -245,7 +348,8 @@ impl Pkcs11RootKey {
         pin: &AuthPin,
     ) -> Result<(Pkcs11RootKey, bool), CryptoError> {
         let ctx = context(&config.module)?;
-        let session = login(&ctx, config, pin)?;
+        let (slot, _) = find_slot(&ctx, config)?;
+        let session = login(&ctx, slot, pin)?;
         let generated = if find_key(&session, &config.key_label)?.is_none() {
             session
                 .generate_key(
@@ -281,23 +385,51 @@ impl Pkcs11RootKey {
         &self.config
     }
 
-    fn session(&self) -> Result<std::sync::MutexGuard<'_, Session>, CryptoError> {
-        self.session
+    /// How many times a lost session was replaced.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Run `op` with the session and the key handle. On a session-level
+    /// error, reconnect (new session, login, key found and checked again)
+    /// and run it once more; a failed reconnect or a second failure is
+    /// returned as is.
+    fn with_session<T>(
+        &self,
+        mut op: impl FnMut(&Session, ObjectHandle) -> Result<T, CkError>,
+    ) -> Result<Result<T, CkError>, CryptoError> {
+        let mut conn = self
+            .conn
             .lock()
-            .map_err(|_| CryptoError::Hsm("PKCS#11 session lock poisoned".into()))
+            .map_err(|_| CryptoError::Hsm("PKCS#11 session lock poisoned".into()))?;
+        match op(&conn.session, conn.key) {
+            Err(CkError::Pkcs11(rv, _)) if is_session_error(rv) => {
+                let (fresh, _) = connect(&self.config, &self.pin).map_err(|e| {
+                    CryptoError::Hsm(format!(
+                        "the HSM session was lost ({rv:?}) and could not be reopened: {e}"
+                    ))
+                })?;
+                // The old session is closed when dropped (an error for a
+                // handle the module already forgot is ignored).
+                *conn = fresh;
+                self.reconnects.fetch_add(1, Ordering::Relaxed);
+                Ok(op(&conn.session, conn.key))
+            }
+            other => Ok(other),
+        }
     }
 }
 
 impl RootKeyProvider for Pkcs11RootKey {
     fn wrap(&self, aad: &[u8], key: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let mut iv = crate::random::bytes::<IV_LEN>()?;
-        let sealed = {
-            let params = GcmParams::new(&mut iv, aad, TAG_BITS.into())
-                .map_err(|e| hsm_err("GCM parameters", e))?;
-            self.session()?
-                .encrypt(&Mechanism::AesGcm(params), self.key, key)
-                .map_err(|e| hsm_err("C_Encrypt", e))?
-        };
+        let iv = crate::random::bytes::<IV_LEN>()?;
+        let sealed = self
+            .with_session(|session, handle| {
+                let mut iv = iv;
+                let params = GcmParams::new(&mut iv, aad, TAG_BITS.into())?;
+                session.encrypt(&Mechanism::AesGcm(params), handle, key)
+            })?
+            .map_err(|e| hsm_err("C_Encrypt", e))?;
         let mut out = Vec::with_capacity(IV_LEN + sealed.len());
         out.extend_from_slice(&iv);
         out.extend_from_slice(&sealed);
@@ -309,13 +441,12 @@ impl RootKeyProvider for Pkcs11RootKey {
             return Err(CryptoError::Malformed);
         }
         let (iv, sealed) = wrapped.split_at(IV_LEN);
-        let mut iv = iv.to_vec();
-        let params = GcmParams::new(&mut iv, aad, TAG_BITS.into())
-            .map_err(|e| hsm_err("GCM parameters", e))?;
-        match self
-            .session()?
-            .decrypt(&Mechanism::AesGcm(params), self.key, sealed)
-        {
+        let result = self.with_session(|session, handle| {
+            let mut iv = iv.to_vec();
+            let params = GcmParams::new(&mut iv, aad, TAG_BITS.into())?;
+            session.decrypt(&Mechanism::AesGcm(params), handle, sealed)
+        })?;
+        match result {
             Ok(plain) => Ok(SecretBytes::new(plain)),
             // A failed tag check: wrong AAD, other key, or tampered bytes.
             // Modules differ in how they say so (SoftHSM2 answers
@@ -431,6 +562,17 @@ pub mod test_support {
             Some(SoftHsm { dir, conf })
         }
 
+        /// Initialise one more token in this configuration (same PIN).
+        pub fn add_token(&self, label: &str) {
+            add_token_to(&self.conf, label);
+        }
+
+        /// `(slot ID, token label)` of every initialised token, as
+        /// `softhsm2-util --show-slots` lists them.
+        pub fn slots(&self) -> Vec<(u64, String)> {
+            slots_of(&self.conf)
+        }
+
         /// Environment for a process that uses this token (PIN included).
         pub fn envs(&self) -> Vec<(String, String)> {
             vec![
@@ -438,6 +580,50 @@ pub mod test_support {
                 (super::PIN_ENV.into(), PIN.into()),
             ]
         }
+    }
+
+    /// Initialise one more token (PIN [`PIN`]) in the SoftHSM2
+    /// configuration `conf`; before the module is loaded in this process.
+    pub fn add_token_to(conf: &Path, label: &str) {
+        let out = Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", conf)
+            .args(["--init-token", "--free", "--label", label])
+            .args(["--pin", PIN, "--so-pin", "5678"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "softhsm2-util --init-token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `(slot ID, token label)` of every initialised token of the SoftHSM2
+    /// configuration `conf`.
+    pub fn slots_of(conf: &Path) -> Vec<(u64, String)> {
+        let out = Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", conf)
+            .arg("--show-slots")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut slots = Vec::new();
+        let mut current: Option<u64> = None;
+        let mut initialized = false;
+        for line in text.lines() {
+            if let Some(id) = line.strip_prefix("Slot ") {
+                current = id.trim().parse().ok();
+                initialized = false;
+            } else if line.trim().starts_with("Initialized:") {
+                initialized = line.trim().ends_with("yes");
+            } else if let (Some(id), Some(label), true) =
+                (current, line.trim().strip_prefix("Label:"), initialized)
+            {
+                slots.push((id, label.trim().to_owned()));
+            }
+        }
+        slots
     }
 
     /// Run the test `name` (of the current test binary) again in a child

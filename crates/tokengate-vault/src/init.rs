@@ -14,9 +14,11 @@ use data_encoding::HEXLOWER;
 use serde::Serialize;
 use tokengate_audit::{Action, AuditEvent, Ident, Outcome};
 use tokengate_crypto::pkcs11::{Pkcs11Config, Pkcs11RootKey};
+use tokengate_crypto::share_keys::ShareRecipient;
 use tokengate_crypto::{FileRootKey, KeyRing, RootKeyProvider};
 use tokengate_store::{Job, KeyRow, Op, Store};
 use tokengate_tls::TrustRoots;
+use zeroize::Zeroizing;
 
 use crate::access::{RequestMeta, Role};
 use crate::certs::{CertActor, CertSource, LOCALHOST_CERT, NewCertificate};
@@ -31,6 +33,10 @@ pub struct InitOptions {
     /// `(custodians, threshold)`: split the root key into custodian shares
     /// instead of writing it to `root.key`.
     pub custodians: Option<(u8, u8)>,
+    /// One public key per custodian, in share order (with `custodians`):
+    /// share *i* is printed only encrypted to key *i* (age, armored).
+    /// Empty: shares are printed in clear.
+    pub custodian_keys: Vec<ShareRecipient>,
     /// Keep the root key in an HSM (the pkcs11 provider): the key labelled
     /// `key_label` in the token is used, or generated inside it. The PIN
     /// comes from `TOKENGATE_PKCS11_PIN`.
@@ -48,12 +54,21 @@ pub struct InitOutput {
     pub root_key_provider: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub root_key_file: Option<String>,
-    /// The custodian shares, each shown this once (custodians provider).
+    /// The custodian shares, each shown this once (custodians provider):
+    /// plain share text, or with `share_encryption` each an armored age
+    /// file that only its custodian can decrypt.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub shares: Vec<String>,
+    /// `age` when every share is encrypted to its custodian's public key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub share_encryption: Option<String>,
+    /// The public key each share is encrypted to, in the same order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub share_recipients: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threshold: Option<u8>,
-    /// The HSM key (pkcs11 provider): module, token label, key label.
+    /// The HSM key (pkcs11 provider): module, token label, key label and,
+    /// when chosen by slot, the slot ID.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pkcs11: Option<Pkcs11Config>,
     /// Name of the self-signed certificate in the certificate store.
@@ -117,12 +132,34 @@ pub async fn init(opts: &InitOptions) -> Result<InitOutput, VaultError> {
             "choose one root-key provider: custodians or pkcs11, not both",
         ));
     }
+    if !opts.custodian_keys.is_empty() {
+        match opts.custodians {
+            None => {
+                return Err(VaultError::invalid(
+                    "invalid_custodian_keys",
+                    "custodian keys are only used with --custodians",
+                ));
+            }
+            Some((n, _)) if usize::from(n) != opts.custodian_keys.len() => {
+                return Err(VaultError::invalid(
+                    "invalid_custodian_keys",
+                    format!(
+                        "{} custodian keys for {n} custodians: give exactly one per custodian, in order",
+                        opts.custodian_keys.len()
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
     // The HSM first: a missing PIN or token is reported before anything
     // is written.
     let hsm_root = match &opts.pkcs11 {
         Some(cfg) => Some(open_hsm_root(cfg)?),
         None => None,
     };
+    // As resolved in the token (a slot chosen alone gets its token label).
+    let hsm_config = hsm_root.as_ref().map(|r| r.config().clone());
     DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -144,8 +181,21 @@ pub async fn init(opts: &InitOptions) -> Result<InitOutput, VaultError> {
                 Vec::new(),
             ),
             (Some((n, k)), _) => {
-                let split = tokengate_crypto::custodians::split_new_root(n, k)
+                let mut split = tokengate_crypto::custodians::split_new_root(n, k)
                     .map_err(|e| VaultError::invalid("invalid_custodians", e.to_string()))?;
+                if !opts.custodian_keys.is_empty() {
+                    // Encrypted before anything about the split is
+                    // written; the clear shares are dropped (zeroized)
+                    // here and never leave this function.
+                    let encrypted = opts
+                        .custodian_keys
+                        .iter()
+                        .zip(split.shares.iter())
+                        .map(|(key, share)| key.encrypt_share(share).map(Zeroizing::new))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| VaultError::Internal(e.to_string()))?;
+                    split.shares = encrypted;
+                }
                 let setup = serde_json::to_vec_pretty(&split.setup)
                     .map_err(|e| VaultError::Internal(e.to_string()))?;
                 write_file(&dir.custodians(), &setup, 0o600)?;
@@ -254,8 +304,11 @@ pub async fn init(opts: &InitOptions) -> Result<InitOutput, VaultError> {
         root_key_file: (opts.custodians.is_none() && opts.pkcs11.is_none())
             .then(|| dir.root_key().display().to_string()),
         threshold: opts.custodians.map(|(_, k)| k),
-        pkcs11: opts.pkcs11.clone(),
+        pkcs11: hsm_config,
         shares: shares.iter().map(|s| s.to_string()).collect(),
+        share_encryption: (!opts.custodian_keys.is_empty())
+            .then(|| tokengate_crypto::share_keys::SHARE_ENCRYPTION.to_owned()),
+        share_recipients: opts.custodian_keys.iter().map(|k| k.to_string()).collect(),
         tls_certificate: LOCALHOST_CERT.to_owned(),
         audit_public_key,
     })

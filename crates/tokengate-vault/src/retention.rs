@@ -168,6 +168,7 @@ mod tests {
             data_dir: dir.clone(),
             database_url: None,
             custodians: None,
+            custodian_keys: Vec::new(),
             pkcs11: None,
         })
         .await

@@ -86,6 +86,7 @@ async fn fixture_with(
         data_dir: dir.clone(),
         database_url: database_url.clone(),
         custodians: None,
+        custodian_keys: Vec::new(),
         pkcs11,
     })
     .await

@@ -7,12 +7,14 @@
 //! `{"error": {"code", "message"}}` on stdout) and exit code 1.
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
 use tokengate_audit::Ident;
+use tokengate_crypto::share_keys::ShareIdentity;
 use tokengate_vault::{Caller, RekeyOptions, RequestMeta, Role, parse_purpose};
 
 use crate::certs::{Common, Failure, actor, fail, open, print_json, report};
@@ -344,6 +346,74 @@ pub struct SysArgs {
     json: bool,
 }
 
+/// `tokengate unseal` options.
+#[derive(clap::Args, Debug)]
+pub struct UnsealArgs {
+    #[command(flatten)]
+    sys: SysArgs,
+    /// The custodian's age identity file (e.g. key.txt from `age-keygen`): standard input is then the
+    /// armored share block printed by `init --custodian-key`, decrypted here before it is sent.
+    #[arg(long, value_name = "FILE")]
+    identity: Option<PathBuf>,
+}
+
+/// Read the share: one line of standard input, or with `identity` the whole
+/// armored age block, decrypted with the custodian's identity file.
+fn read_share(identity: Option<&std::path::Path>) -> Result<zeroize::Zeroizing<String>, Failure> {
+    use std::io::{BufRead, Read};
+    let Some(path) = identity else {
+        if std::io::stdin().is_terminal() {
+            eprint!("Custodian share: ");
+            let _ = std::io::stderr().flush();
+        }
+        let mut line = zeroize::Zeroizing::new(String::new());
+        if std::io::stdin().lock().read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty()
+        {
+            return Err(fail("no_share", "no share given on standard input"));
+        }
+        return Ok(zeroize::Zeroizing::new(line.trim().to_owned()));
+    };
+    let text = std::fs::read(path)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|e| {
+            fail(
+                "invalid_identity",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+    let identity = std::str::from_utf8(&text)
+        .map_err(|_| {
+            fail(
+                "invalid_identity",
+                format!("{} is not a text file", path.display()),
+            )
+        })
+        .and_then(|t| {
+            ShareIdentity::from_file_text(t)
+                .map_err(|e| fail("invalid_identity", format!("{}: {e}", path.display())))
+        })?;
+    if std::io::stdin().is_terminal() {
+        eprintln!("Paste the encrypted share block, then end input (Ctrl-D):");
+    }
+    let mut block = zeroize::Zeroizing::new(Vec::new());
+    // An armored share is well under 1 KiB.
+    if std::io::stdin()
+        .lock()
+        .take(64 * 1024)
+        .read_to_end(&mut block)
+        .is_err()
+        || block.iter().all(u8::is_ascii_whitespace)
+    {
+        return Err(fail(
+            "no_share",
+            "no encrypted share given on standard input",
+        ));
+    }
+    identity
+        .decrypt_share(&block)
+        .map_err(|e| fail("share_decrypt_failed", e.to_string()))
+}
+
 fn sys_failure(json: bool, code: &str, message: &str) -> ExitCode {
     let f = Failure {
         code: "request_failed",
@@ -367,25 +437,22 @@ fn print_seal(json: bool, r: &tokengate_server::sealed::SealReply) {
 }
 
 /// `tokengate unseal`: read one share (prompted on a terminal, else one line
-/// of standard input) and send it to the server.
-pub async fn run_unseal(args: SysArgs) -> ExitCode {
-    use std::io::BufRead;
+/// of standard input; with `--identity`, an armored age block decrypted
+/// locally) and send it to the server.
+pub async fn run_unseal(args: UnsealArgs) -> ExitCode {
+    let UnsealArgs {
+        sys: args,
+        identity,
+    } = args;
     let client = match tokengate_server::sealed::sys_client(&args.url, args.pin.as_deref()) {
         Ok(c) => c,
         Err(e) => return report(args.json, &fail("invalid_arguments", e)),
     };
-    if std::io::stdin().is_terminal() {
-        eprint!("Custodian share: ");
-        let _ = std::io::stderr().flush();
-    }
-    let mut line = zeroize::Zeroizing::new(String::new());
-    if std::io::stdin().lock().read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
-        return report(
-            args.json,
-            &fail("no_share", "no share given on standard input"),
-        );
-    }
-    match tokengate_server::sealed::send_unseal(&client, &args.url, line.trim()).await {
+    let share = match read_share(identity.as_deref()) {
+        Ok(s) => s,
+        Err(f) => return report(args.json, &f),
+    };
+    match tokengate_server::sealed::send_unseal(&client, &args.url, &share).await {
         Ok(r) => {
             print_seal(args.json, &r);
             ExitCode::SUCCESS

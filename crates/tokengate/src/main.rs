@@ -4,7 +4,9 @@
 //! Exit codes: 0 success; 1 failure (including `audit verify` finding
 //! tampering, `scan` finding card numbers, and every refused `certs` /
 //! `domains` change, reported as `error[code]: message`); 2 usage error
-//! (clap, or a `scan` error); 64 invalid configuration.
+//! (clap, or a `scan` error); 64 invalid configuration (including an
+//! `init --custodian-key` that does not parse or does not match
+//! `--custodians`).
 
 #![forbid(unsafe_code)]
 // The CLI's job is to print to the terminal.
@@ -22,6 +24,7 @@ mod keys_cmd;
 mod webhooks_cmd;
 
 use clap::{Parser, Subcommand};
+use tokengate_crypto::share_keys::ShareRecipient;
 use tokengate_server::config::{Config, ProcessEnv};
 use tokengate_vault::{InitOptions, is_fresh};
 
@@ -39,6 +42,11 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Create a data directory: database, root key, audit signing key, TLS certificate, admin API key.
+    #[command(group(
+        clap::ArgGroup::new("pkcs11_selector")
+            .args(["pkcs11_token", "pkcs11_slot"])
+            .multiple(true)
+    ))]
     Init {
         #[arg(long, default_value = "./tokengate-data", env = "TOKENGATE_DATA_DIR")]
         data_dir: PathBuf,
@@ -51,17 +59,25 @@ enum Cmd {
         /// Shares needed to rebuild the root key (with --custodians).
         #[arg(long, value_name = "K", requires = "custodians", value_parser = clap::value_parser!(u8).range(2..=255))]
         threshold: Option<u8>,
+        /// A custodian's age public key (`age1…`) or a file holding one; repeat once per custodian, in order.
+        /// Each share is then printed only encrypted (ASCII-armored age) to its custodian's key.
+        #[arg(long = "custodian-key", value_name = "KEY", requires = "custodians")]
+        custodian_keys: Vec<String>,
         /// Keep the root key in an HSM: path of its PKCS#11 module (the PIN is read from TOKENGATE_PKCS11_PIN).
         #[arg(
             long,
             value_name = "PATH",
-            requires = "pkcs11_token",
+            requires = "pkcs11_selector",
             conflicts_with = "custodians"
         )]
         pkcs11_module: Option<PathBuf>,
-        /// Label of the HSM token that holds the root key (with --pkcs11-module).
+        /// Label of the HSM token that holds the root key (with --pkcs11-module); must be unique among the module's tokens.
         #[arg(long, value_name = "LABEL", requires = "pkcs11_module")]
         pkcs11_token: Option<String>,
+        /// Slot ID of the HSM token (with --pkcs11-module), when its label is not unique; kept in pkcs11.json.
+        /// With --pkcs11-token too, the token in that slot must carry that label.
+        #[arg(long, value_name = "ID", requires = "pkcs11_module")]
+        pkcs11_slot: Option<u64>,
         /// Label of the root key object in the token; generated inside the token when absent.
         #[arg(long, value_name = "LABEL", requires = "pkcs11_module", default_value = tokengate_crypto::pkcs11::DEFAULT_KEY_LABEL)]
         pkcs11_key_label: String,
@@ -88,8 +104,8 @@ enum Cmd {
     Keys(keys_cmd::KeysArgs),
     /// API keys: list (no subcommand), create, revoke.
     ApiKeys(keys_cmd::ApiKeysArgs),
-    /// Send one custodian share to a sealed server (prompted, or one line of standard input).
-    Unseal(keys_cmd::SysArgs),
+    /// Send one custodian share to a sealed server (prompted, or one line of standard input; with --identity, an age-encrypted share block).
+    Unseal(keys_cmd::UnsealArgs),
     /// Seal a running server: its root key is dropped from memory (admin key in TOKENGATE_API_KEY).
     Seal(keys_cmd::SysArgs),
     /// Audit trail commands.
@@ -157,18 +173,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             custodians,
             threshold,
+            custodian_keys,
             pkcs11_module,
             pkcs11_token,
+            pkcs11_slot,
             pkcs11_key_label,
         } => {
             tokengate_server::logging::init(Default::default());
+            // Every key is checked before anything is created.
+            let custodian_keys = match custodian_recipients(&custodian_keys, custodians) {
+                Ok(keys) => keys,
+                Err(message) => {
+                    eprintln!("error[invalid_custodian_key]: {message}");
+                    return Ok(ExitCode::from(64));
+                }
+            };
             let database_url = std::env::var("DATABASE_URL").ok();
             let out = tokengate_vault::init(&InitOptions {
                 data_dir,
                 database_url,
                 custodians: custodians.zip(threshold),
-                pkcs11: pkcs11_module.zip(pkcs11_token).map(|(module, token)| {
-                    tokengate_crypto::pkcs11::Pkcs11Config::new(module, &token, &pkcs11_key_label)
+                custodian_keys,
+                pkcs11: pkcs11_module.map(|module| {
+                    let cfg = tokengate_crypto::pkcs11::Pkcs11Config::new(
+                        module,
+                        pkcs11_token.as_deref().unwrap_or(""),
+                        &pkcs11_key_label,
+                    );
+                    match pkcs11_slot {
+                        Some(slot) => cfg.with_slot(slot),
+                        None => cfg,
+                    }
                 }),
             })
             .await?;
@@ -216,6 +251,51 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Resolve each `--custodian-key` (an `age1…` key, or a file holding one)
+/// and check that there is one per custodian. Messages name the flag's
+/// position and never quote what a file holds.
+fn custodian_recipients(
+    keys: &[String],
+    custodians: Option<u8>,
+) -> Result<Vec<ShareRecipient>, String> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = usize::from(custodians.unwrap_or(0));
+    if keys.len() != n {
+        return Err(format!(
+            "{} --custodian-key given for --custodians {n}: give exactly one public key per custodian, in order",
+            keys.len()
+        ));
+    }
+    keys.iter()
+        .enumerate()
+        .map(|(i, key)| {
+            let which = format!("--custodian-key #{} (custodian {})", i + 1, i + 1);
+            let path = std::path::Path::new(key);
+            if !path.is_file() {
+                return key.parse::<ShareRecipient>().map_err(|e| {
+                    let e = e.to_string();
+                    if e.starts_with("not an age") {
+                        format!("{which}: {e}, or the path of a file holding one")
+                    } else {
+                        format!("{which}: {e}")
+                    }
+                });
+            }
+            // Read into memory that is wiped: a private key given by
+            // mistake does not linger.
+            let text = std::fs::read(path)
+                .map(zeroize::Zeroizing::new)
+                .map_err(|e| format!("{which}: cannot read {}: {e}", path.display()))?;
+            let text = std::str::from_utf8(&text)
+                .map_err(|_| format!("{which}: {} is not a text file", path.display()))?;
+            ShareRecipient::from_file_text(text)
+                .map_err(|e| format!("{which}: {}: {e}", path.display()))
+        })
+        .collect()
+}
+
 fn print_init(out: &tokengate_vault::InitOutput) {
     println!("Initialised {}", out.data_dir);
     println!("  database:         {}", out.database);
@@ -224,9 +304,10 @@ fn print_init(out: &tokengate_vault::InitOutput) {
             println!("  root key file:    {f} (mode 0600; back it up apart from the database)")
         }
         (None, Some(p)) => println!(
-            "  root key:         AES-256 key {:?} inside HSM token {:?} ({}); it never leaves the HSM",
+            "  root key:         AES-256 key {:?} inside HSM token {:?}{} ({}); it never leaves the HSM",
             p.key_label,
             p.token_label,
+            p.slot.map(|s| format!(" in slot {s}")).unwrap_or_default(),
             p.module.display()
         ),
         (None, None) => println!(
@@ -243,7 +324,27 @@ fn print_init(out: &tokengate_vault::InitOutput) {
     println!();
     println!("Admin API key (shown once, store it now):");
     println!("  {}", out.admin_api_key);
-    if !out.shares.is_empty() {
+    if !out.shares.is_empty() && out.share_encryption.is_some() {
+        println!();
+        println!(
+            "Custodian shares, each encrypted (age) to its custodian's public key and shown once; tokengate never stores them."
+        );
+        println!(
+            "Give each block to its custodian, who saves it (e.g. as share.age) and reads it with `age -d -i key.txt share.age`"
+        );
+        println!(
+            "(or lets `tokengate unseal --identity key.txt` decrypt it) when the server is to be unsealed."
+        );
+        for (i, s) in out.shares.iter().enumerate() {
+            let to = out.share_recipients.get(i).map_or("", String::as_str);
+            println!();
+            println!("custodian {} (to {to}):", i + 1);
+            print!("{}", s);
+            if !s.ends_with('\n') {
+                println!();
+            }
+        }
+    } else if !out.shares.is_empty() {
         println!();
         println!(
             "Custodian shares (each shown once: give each to its custodian now; tokengate never stores them):"
@@ -280,6 +381,7 @@ async fn serve(
             data_dir: cfg.data_dir.clone(),
             database_url: cfg.database_url.clone(),
             custodians: None,
+            custodian_keys: Vec::new(),
             pkcs11: None,
         })
         .await?;

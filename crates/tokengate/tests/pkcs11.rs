@@ -236,3 +236,89 @@ fn vault_lifecycle_with_the_root_key_in_softhsm2() {
     assert_absent(&dir, &pans.map(str::to_owned));
     assert_absent(&base, &pans.map(str::to_owned));
 }
+
+/// Two tokens with one label: `init --pkcs11-token` refuses as ambiguous
+/// (nothing created); `--pkcs11-slot` chooses, is kept in pkcs11.json and
+/// is what later commands open; a slot whose token has another label than
+/// `--pkcs11-token` is refused.
+#[test]
+fn two_tokens_with_one_label_are_told_apart_by_slot() {
+    let Some(hsm) = SoftHsm::setup() else {
+        return;
+    };
+    hsm.add_token(TOKEN_LABEL);
+    hsm.add_token("other");
+    let slots = hsm.slots();
+    let same: Vec<u64> = slots
+        .iter()
+        .filter(|(_, l)| l == TOKEN_LABEL)
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(same.len(), 2, "{slots:?}");
+    let other = slots.iter().find(|(_, l)| l == "other").unwrap().0;
+    let envs = hsm.envs();
+    let base = test_dir("pkcs11-slot-");
+
+    let ambiguous = base.join("ambiguous");
+    let out = init_pkcs11(&ambiguous, &envs, TOKEN_LABEL);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ambiguous") && err.contains("--pkcs11-slot"),
+        "{err}"
+    );
+    assert!(!ambiguous.exists(), "nothing is created");
+
+    let init_slot = |dir: &Path, slot: u64, token: Option<&str>| {
+        let mut cmd = bin();
+        cmd.args(["init", "--json", "--pkcs11-module", SOFTHSM_MODULE])
+            .args(["--pkcs11-slot", &slot.to_string()]);
+        if let Some(t) = token {
+            cmd.args(["--pkcs11-token", t]);
+        }
+        cmd.arg("--data-dir")
+            .arg(dir)
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap()
+    };
+    let mismatch = base.join("mismatch");
+    let out = init_slot(&mismatch, other, Some(TOKEN_LABEL));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("slot {other} holds the token labelled \"other\"")),
+        "{err}"
+    );
+    assert!(!mismatch.exists());
+
+    // The slot alone chooses; its token's label is recorded with it.
+    let dir = base.join("data");
+    let out = init_slot(&dir, same[1], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["pkcs11"]["slot"], same[1]);
+    assert_eq!(v["pkcs11"]["token_label"], TOKEN_LABEL);
+    let cfg_path = dir.join("pkcs11.json");
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    assert_eq!(cfg["slot"], same[1]);
+    assert_eq!(cfg["token_label"], TOKEN_LABEL);
+    let out = cli(&["keys", "--json"], &dir, &envs);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The recorded slot is what is opened: pointed at the other token with
+    // the same label, the root key is not there.
+    cfg["slot"] = json!(same[0]);
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let out = cli(&["keys", "--json"], &dir, &envs);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no key labelled"), "{err}");
+}

@@ -52,6 +52,7 @@ impl Harness {
             data_dir: data_dir.clone(),
             database_url: None,
             custodians: None,
+            custodian_keys: Vec::new(),
             pkcs11: None,
         })
         .await
