@@ -3,13 +3,18 @@
 # 1,000,000), then tokenize throughput over HTTPS with and without a rewrap
 # running. Needs a release build of the `tokengate` binary and the
 # `seed_records` example, and wrk (apt-get install wrk).
-# Usage: [TOKENGATE_BIN=path] [SEED_BIN=path] [RATE=records_per_s] bench/run-rewrap-bench.sh [records] [wrk_seconds] [connections]
+# Usage: [TOKENGATE_BIN=path] [SEED_BIN=path] [RATE=records_per_s] [BUSY_SHARE=x] bench/run-rewrap-bench.sh [records] [wrk_seconds] [connections]
 # RATE caps the two rewraps that run next to tokenize traffic (default: no
 # cap); with RATE set they are not waited for (the script reports progress).
+# BUSY_SHARE sets the rewraps' share of time while live traffic is seen
+# (default: the product default, 0.2; BUSY_SHARE=1 never yields).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-1000000}"; DUR="${2:-10}"; CONN="${3:-32}"; RATE="${RATE:-}"
-if [ -n "$RATE" ]; then BODY="{\"rate\": $RATE}"; CLI_RATE=(--rate "$RATE"); else BODY='{}'; CLI_RATE=(); fi
+BODY_FIELDS=(); CLI_RATE=()
+if [ -n "$RATE" ]; then BODY_FIELDS+=("\"rate\": $RATE"); CLI_RATE+=(--rate "$RATE"); fi
+if [ -n "${BUSY_SHARE:-}" ]; then BODY_FIELDS+=("\"busy_share\": $BUSY_SHARE"); CLI_RATE+=(--busy-share "$BUSY_SHARE"); fi
+BODY="{$(IFS=,; echo "${BODY_FIELDS[*]}")}"
 TARGET="${CARGO_TARGET_DIR:-$HOME/.cache/tokengate-target}/release"
 BIN="${TOKENGATE_BIN:-$TARGET/tokengate}"
 SEED="${SEED_BIN:-$TARGET/examples/seed_records}"
@@ -27,7 +32,7 @@ echo "== rewrap of $N records (nothing else running)"
 python3 - "$WORK/rewrap1.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-print(f"moved {r['moved']} of {r['total']} in {r['millis']/1000:.2f} s = {r['moved']/(r['millis']/1000):,.0f} records/s (failed {r['failed']}, remaining {r['remaining']})")
+print(f"moved {r['moved']} of {r['total']} in {r['millis']/1000:.2f} s = {r['moved']/(r['millis']/1000):,.0f} records/s (yielded {r['yielded_millis']/1000:.2f} s, failed {r['failed']}, remaining {r['remaining']})")
 PY
 
 echo "== tokenize while idle vs while a rewrap runs"
@@ -57,7 +62,7 @@ done
 [ -z "$RATE" ] && python3 - "$WORK/status.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))["report"]
-print(f"server rewrap: moved {r['moved']} of {r['total']} in {r['millis']/1000:.2f} s = {r['moved']/(r['millis']/1000):,.0f} records/s (skipped {r['skipped']}, failed {r['failed']}, remaining {r['remaining']})")
+print(f"server rewrap: moved {r['moved']} of {r['total']} in {r['millis']/1000:.2f} s = {r['moved']/(r['millis']/1000):,.0f} records/s (yielded {r['yielded_millis']/1000:.2f} s, skipped {r['skipped']}, failed {r['failed']}, remaining {r['remaining']})")
 PY
 
 # (b) the rewrap runs in another process (the CLI): two SQLite writers.
@@ -73,6 +78,8 @@ wait $RW
 python3 - "$WORK/rewrap2.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-print(f"concurrent rewrap: moved {r['moved']} of {r['total']} in {r['millis']/1000:.2f} s = {r['moved']/(r['millis']/1000):,.0f} records/s (skipped {r['skipped']}, failed {r['failed']}, remaining {r['remaining']})")
+print(f"concurrent rewrap: moved {r['moved']} of {r['total']} in {r['millis']/1000:.2f} s = {r['moved']/(r['millis']/1000):,.0f} records/s (yielded {r['yielded_millis']/1000:.2f} s, skipped {r['skipped']}, failed {r['failed']}, remaining {r['remaining']})")
 PY
+echo "-- idle again"
+wrk -t2 -c"$CONN" -d"${DUR}s" --latency -s bench/tokenize.lua "$BASE/v1/tokens"
 "$BIN" keys --data-dir "$WORK/data" | grep -E '^(PURPOSE|data )'

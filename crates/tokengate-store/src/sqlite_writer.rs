@@ -132,10 +132,8 @@ fn commit_attempt(
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
     let head: Option<(i64, Vec<u8>)> = tx
-        .query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .optional()
+        .prepare_cached("SELECT seq, hash FROM audit_head WHERE id = 1")
+        .and_then(|mut st| st.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional())
         .map_err(db_err)?;
     let (mut seq, mut prev): (u64, ChainHash) = match head {
         Some((s, h)) => (

@@ -33,6 +33,9 @@ use crate::open::Vault;
 
 /// Records read per page while checkpointing or verifying.
 const PAGE: i64 = 5000;
+/// Most records one background checkpoint covers past the previous one
+/// (its writer transaction stores about twice as many tree hashes).
+const CHECKPOINT_STEP: u64 = 8192;
 /// Records per page of an export.
 const PAGE_EXPORT: i32 = 5000;
 
@@ -112,11 +115,21 @@ impl Vault {
     /// Sign a checkpoint covering every record written so far (returns the
     /// latest one when nothing new was written).
     pub async fn checkpoint(&self) -> Result<SignedCheckpoint, VaultError> {
+        self.checkpoint_step(u64::MAX).await
+    }
+
+    /// Sign a checkpoint covering at most `max_records` records past the
+    /// latest one. The background checkpointer catches up on a long
+    /// un-checkpointed log in such steps, so that no single writer
+    /// transaction (the tree hashes of every new record) holds up live
+    /// writes for long.
+    async fn checkpoint_step(&self, max_records: u64) -> Result<SignedCheckpoint, VaultError> {
         let ring = self.ring();
         let key = ring.audit_signer()?;
         let latest = self.store.latest_checkpoint().await?;
         let from = latest.as_ref().map_or(0, |c| c.tree_size);
         let head = self.store.audit_head().await?.map_or(0, |h| h.seq);
+        let head = head.min(from.saturating_add(max_records.max(1)));
         if head <= from {
             return match &latest {
                 Some(c) => open_row(c, &self.audit_public_key()?),
@@ -224,10 +237,27 @@ impl Vault {
                 }
                 first = false;
                 last = tokio::time::Instant::now();
-                match vault.checkpoint().await {
-                    Ok(_) | Err(VaultError::Invalid { .. }) => {}
-                    Err(e) => {
-                        tracing::error!(code = e.code(), error = %e, "audit checkpoint failed; will retry");
+                // In steps of CHECKPOINT_STEP records until caught up (or
+                // until a step makes no progress).
+                let target = vault
+                    .store
+                    .audit_head()
+                    .await
+                    .ok()
+                    .flatten()
+                    .map_or(0, |h| h.seq);
+                let mut covered = 0;
+                loop {
+                    match vault.checkpoint_step(CHECKPOINT_STEP).await {
+                        Ok(c) if c.size < target && c.size > covered => {
+                            covered = c.size;
+                            tokio::task::yield_now().await;
+                        }
+                        Ok(_) | Err(VaultError::Invalid { .. }) => break,
+                        Err(e) => {
+                            tracing::error!(code = e.code(), error = %e, "audit checkpoint failed; will retry");
+                            break;
+                        }
                     }
                 }
             }
@@ -787,6 +817,47 @@ mod tests {
                 .authenticate(Some("tg_nope"), RequestMeta::default())
                 .await;
         }
+    }
+
+    /// Catching up in small steps gives the same tree as one checkpoint
+    /// over everything, and every intermediate checkpoint is consistent with
+    /// the last.
+    #[tokio::test]
+    async fn stepped_checkpoints_match_one_full_checkpoint() {
+        let (_tmp, vault) = vault_with_records(3).await;
+        add_records(&vault, 20).await;
+        let head = vault.store.audit_head().await.unwrap().unwrap().seq;
+        assert!(head > 20);
+        let mut sizes = Vec::new();
+        loop {
+            let c = vault.checkpoint_step(7).await.unwrap();
+            assert!(
+                c.size <= sizes.last().copied().unwrap_or(0) + 7,
+                "{}",
+                c.size
+            );
+            if sizes.last() == Some(&c.size) {
+                break;
+            }
+            sizes.push(c.size);
+        }
+        assert_eq!(sizes.last().copied(), Some(head));
+        assert!(sizes.len() >= 3, "{sizes:?}");
+        for pair in sizes.windows(2) {
+            vault
+                .prove_consistency(pair[0], Some(pair[1]))
+                .await
+                .unwrap();
+        }
+        // A fresh tree over the same records, in one step, has the same root.
+        let stepped = vault.latest_checkpoint().await.unwrap().unwrap();
+        sql(
+            &vault,
+            "DELETE FROM audit_tree; DELETE FROM audit_checkpoints",
+        )
+        .await;
+        let full = vault.checkpoint().await.unwrap();
+        assert_eq!((full.size, full.root), (stepped.size, stepped.root));
     }
 
     async fn sql(vault: &Vault, q: &str) {
