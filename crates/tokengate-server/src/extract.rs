@@ -143,8 +143,13 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             .await
             .map_err(|_| too_large(limit))?;
         let bytes = zeroize::Zeroizing::new(bytes.to_vec());
-        // First pass: is it JSON at all? (Separates malformed_json from a
-        // well-formed body with the wrong shape, whatever serde reports.)
+        // The common case, one pass. Only a body that fails is parsed again
+        // to say precisely what is wrong.
+        if let Ok(value) = serde_json::from_slice::<T>(&bytes) {
+            return Ok(JsonBody(value));
+        }
+        // Is it JSON at all? (Separates malformed_json from a well-formed
+        // body with the wrong shape, whatever serde reports.)
         if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,

@@ -136,7 +136,12 @@ fn base32(bytes: &[u8]) -> String {
 fn parse_key(presented: &str) -> Option<String> {
     let rest = presented.strip_prefix("tg_")?;
     let (id, secret) = rest.split_once('_')?;
-    let ok = |s: &str, n| s.len() == n && s.bytes().all(|b| B32.contains(&b));
+    // The alphabet of `B32`: a–z and 2–7.
+    let ok = |s: &str, n| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b))
+    };
     (ok(id, 16) && ok(secret, 32)).then(|| format!("key_{id}"))
 }
 
