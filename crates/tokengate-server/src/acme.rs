@@ -63,8 +63,18 @@ pub struct AcmeSettings {
 /// Longest a DNS hook may run.
 const DNS_HOOK_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// How long an HTTP-01 answer stays published.
+/// How long an HTTP-01 or TLS-ALPN-01 answer stays published.
 const CHALLENGE_TTL_MS: i64 = 10 * 60 * 1000;
+/// How long one node holds the attempt at a domain (several nodes on one
+/// database order each certificate once); a node that dies mid-order
+/// leaves it to run out.
+const ORDER_LEASE_MS: i64 = 15 * 60 * 1000;
+/// How often every node copies the published TLS-ALPN-01 answers into its
+/// resolver, so that the CA's validation may reach any node.
+const ALPN_SYNC_EVERY: Duration = Duration::from_secs(1);
+/// Wait between publishing a TLS-ALPN-01 answer and asking the CA to
+/// validate: more than one sync period of the other nodes.
+const ALPN_PUBLISH_WAIT: Duration = Duration::from_millis(1500);
 /// Longest wait between attempts after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
 
@@ -228,6 +238,9 @@ impl Published {
         }
         for domain in &self.alpn_domains {
             resolver.remove_acme_challenge(domain);
+            if let Err(e) = vault.acme_delete_alpn_challenge(domain).await {
+                tracing::warn!(error = %e, "could not withdraw a TLS-ALPN-01 answer; it expires by itself");
+            }
         }
         if let Some(hook) = &settings.dns_hook {
             for (domain, record, value) in &self.dns_records {
@@ -340,9 +353,17 @@ async fn answer(
                 published.http_tokens.push(token);
             }
             AcmeChallenge::TlsAlpn01 => {
-                let cert = alpn_challenge_cert(&identifier, key_authorization.digest().as_ref())?;
+                let digest = key_authorization.digest();
+                let cert = alpn_challenge_cert(&identifier, digest.as_ref())?;
+                // Here at once, and on every other node sharing the
+                // database within a sync period: the CA may reach any.
                 resolver.set_acme_challenge(&identifier, cert);
-                published.alpn_domains.push(identifier);
+                published.alpn_domains.push(identifier.clone());
+                vault
+                    .acme_put_alpn_challenge(&identifier, digest.as_ref(), CHALLENGE_TTL_MS)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::time::sleep(ALPN_PUBLISH_WAIT).await;
             }
             AcmeChallenge::Dns01 => {
                 let hook = settings
@@ -382,6 +403,19 @@ pub async fn run_due(
         }
     };
     for row in due {
+        // Several nodes on one database: only the one that takes the
+        // attempt orders.
+        match vault.acme_claim(&row, ORDER_LEASE_MS).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(domain = %row.domain, "ACME: another node is ordering");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(domain = %row.domain, error = %e, "ACME: cannot take the order");
+                continue;
+            }
+        }
         let attempt = async {
             let account = match cached {
                 Some(a) => a.clone(),
@@ -419,6 +453,46 @@ pub async fn run_due(
         if let Err(e) = vault.acme_record(&row, outcome).await {
             tracing::error!(domain = %row.domain, error = %e, "ACME: cannot record the outcome");
         }
+    }
+}
+
+/// Keep this node's resolver answering every TLS-ALPN-01 challenge
+/// published in the database (by whichever node is ordering), until
+/// aborted.
+pub async fn alpn_sync_loop(vault: Arc<Vault>, resolver: Arc<ReloadableResolver>) {
+    let mut tick = tokio::time::interval(ALPN_SYNC_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // What this loop put in the resolver: domain → digest.
+    let mut synced: std::collections::HashMap<String, Vec<u8>> = Default::default();
+    loop {
+        tick.tick().await;
+        let published = match vault.acme_alpn_challenges().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "ACME: cannot read the TLS-ALPN-01 answers");
+                continue;
+            }
+        };
+        let now: std::collections::HashMap<String, Vec<u8>> = published.into_iter().collect();
+        for (domain, digest) in &now {
+            if synced.get(domain) == Some(digest) {
+                continue;
+            }
+            match alpn_challenge_cert(domain, digest) {
+                Ok(cert) => {
+                    resolver.set_acme_challenge(domain, cert);
+                    synced.insert(domain.clone(), digest.clone());
+                }
+                Err(e) => tracing::warn!(%domain, error = %e, "ACME: bad TLS-ALPN-01 answer"),
+            }
+        }
+        synced.retain(|domain, _| {
+            let keep = now.contains_key(domain);
+            if !keep {
+                resolver.remove_acme_challenge(domain);
+            }
+            keep
+        });
     }
 }
 

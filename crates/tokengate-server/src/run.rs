@@ -267,6 +267,10 @@ pub(crate) async fn services(
         Duration::from_secs(config.tls_expiry_check_secs),
     )));
     if let Some(settings) = config.acme() {
+        tasks.push(tokio::spawn(crate::acme::alpn_sync_loop(
+            vault.clone(),
+            resolver.clone(),
+        )));
         tasks.push(tokio::spawn(crate::acme::acme_loop(
             vault.clone(),
             resolver.clone(),

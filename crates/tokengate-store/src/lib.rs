@@ -32,6 +32,7 @@ mod webhooks;
 pub use committer::{EventFilter, GroupCommitter};
 pub use model::*;
 pub use store::{Backend, HeadSigner, Store};
+pub use tls::ACME_ALPN_TOKEN_PREFIX;
 pub use wal_sync::Durable;
 
 /// Storage errors. Messages carry no card data (the store never sees any

@@ -334,6 +334,15 @@ pub enum TlsOp {
     },
     /// Deletes the answer `token`, and every answer expired at `now`.
     DeleteAcmeChallenge { token: String, now: i64 },
+    /// Takes the next attempt at `domain` for one node: moves its
+    /// `next_attempt_at` from `seen` (what the node read) to `until` (the
+    /// lease's end). Output: 1 when this node won, 0 when another node (or
+    /// an outcome) changed the row first.
+    ClaimAcmeDomain {
+        domain: String,
+        seen: i64,
+        until: i64,
+    },
     /// Fails the job with [`JobError::Conflict`] if the directory has an account.
     InsertAcmeAccount(AcmeAccountRow),
 }

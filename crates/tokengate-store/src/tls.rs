@@ -55,6 +55,11 @@ const PUT_ACME_CHALLENGE: &str = "INSERT INTO acme_challenges (token, key_author
     expires_at = excluded.expires_at";
 const DELETE_ACME_CHALLENGE: &str =
     "DELETE FROM acme_challenges WHERE token = $1 OR expires_at <= $2";
+const CLAIM_ACME_DOMAIN: &str =
+    "UPDATE acme_domains SET next_attempt_at = $3 WHERE domain = $1 AND next_attempt_at = $2";
+/// TLS-ALPN-01 answers share the HTTP-01 table under this token prefix: a
+/// `/` never matches the single path segment HTTP-01 serves.
+pub const ACME_ALPN_TOKEN_PREFIX: &str = "tls-alpn-01/";
 const INSERT_ACME_ACCOUNT: &str = "INSERT INTO acme_accounts (directory_url, kek_version, wrapped_dek, \
     sealed_credentials, created_at) VALUES ($1, $2, $3, $4, $5)";
 const ACME_DOMAIN_COLUMNS: &str =
@@ -142,6 +147,11 @@ pub(crate) fn apply_sqlite(conn: &Connection, op: &TlsOp) -> rusqlite::Result<Op
         TlsOp::DeleteAcmeChallenge { token, now } => {
             prepare(DELETE_ACME_CHALLENGE)?.execute(params![token, now])?
         }
+        TlsOp::ClaimAcmeDomain {
+            domain,
+            seen,
+            until,
+        } => prepare(CLAIM_ACME_DOMAIN)?.execute(params![domain, seen, until])?,
         TlsOp::InsertAcmeAccount(a) => prepare(INSERT_ACME_ACCOUNT)?.execute(params![
             a.directory_url,
             i64::from(a.kek_version),
@@ -272,6 +282,18 @@ pub(crate) async fn apply_any(
                 .execute(&mut *conn)
                 .await?
         }
+        TlsOp::ClaimAcmeDomain {
+            domain,
+            seen,
+            until,
+        } => {
+            sqlx::query(CLAIM_ACME_DOMAIN)
+                .bind(domain.as_str())
+                .bind(*seen)
+                .bind(*until)
+                .execute(&mut *conn)
+                .await?
+        }
         TlsOp::InsertAcmeAccount(a) => {
             sqlx::query(INSERT_ACME_ACCOUNT)
                 .bind(a.directory_url.as_str())
@@ -349,6 +371,34 @@ impl Store {
         .fetch_optional(self.pool())
         .await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// Every TLS-ALPN-01 answer not expired at `now`: `(domain, hex SHA-256
+    /// of the key authorization)`.
+    pub async fn acme_alpn_challenges(
+        &self,
+        now: i64,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT token, key_authorization FROM acme_challenges WHERE token LIKE $1 AND expires_at > $2",
+        )
+        .bind(format!("{ACME_ALPN_TOKEN_PREFIX}%"))
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let token: String = r.try_get(0)?;
+                let digest: String = r.try_get(1)?;
+                Ok((
+                    token
+                        .strip_prefix(ACME_ALPN_TOKEN_PREFIX)
+                        .unwrap_or(&token)
+                        .to_owned(),
+                    digest,
+                ))
+            })
+            .collect()
     }
 
     /// The account for an ACME directory.

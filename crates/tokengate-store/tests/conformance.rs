@@ -725,6 +725,57 @@ async fn acme_state_challenges_and_accounts(store: &Store) {
         None,
         "expired answers swept"
     );
+
+    // Claiming the next attempt: a compare-and-set on what was read.
+    let claim = |seen: i64, until: i64| {
+        tls_job(vec![TlsOp::ClaimAcmeDomain {
+            domain: row.domain.clone(),
+            seen,
+            until,
+        }])
+    };
+    let res = commit(store, &[claim(500, 900), claim(500, 950)])
+        .await
+        .unwrap();
+    assert_eq!(res[0], Ok(vec![OpOutput::Affected(1)]));
+    assert_eq!(
+        res[1],
+        Ok(vec![OpOutput::Affected(0)]),
+        "second claim loses"
+    );
+    assert_eq!(store.acme_domains().await.unwrap()[0].next_attempt_at, 900);
+    row.next_attempt_at = 900;
+
+    // TLS-ALPN-01 answers: listed by domain, never with HTTP-01 tokens.
+    let alpn = format!(
+        "{}alpn.example.com",
+        tokengate_store::ACME_ALPN_TOKEN_PREFIX
+    );
+    commit(
+        store,
+        &[tls_job(vec![TlsOp::PutAcmeChallenge {
+            token: alpn.clone(),
+            key_authorization: "ab".repeat(32),
+            expires_at: 100,
+        }])],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        store.acme_alpn_challenges(50).await.unwrap(),
+        vec![("alpn.example.com".to_owned(), "ab".repeat(32))]
+    );
+    assert!(store.acme_alpn_challenges(100).await.unwrap().is_empty());
+    commit(
+        store,
+        &[tls_job(vec![TlsOp::DeleteAcmeChallenge {
+            token: alpn,
+            now: 0,
+        }])],
+    )
+    .await
+    .unwrap();
+    assert!(store.acme_alpn_challenges(0).await.unwrap().is_empty());
     assert!(store.acme_challenge("tok-1", 0).await.unwrap().is_some());
     let res = commit(
         store,
@@ -746,7 +797,8 @@ async fn acme_state_challenges_and_accounts(store: &Store) {
     );
     assert!(store.acme_domains().await.unwrap().is_empty());
     assert_eq!(store.acme_challenge("tok-1", 0).await.unwrap(), None);
-    assert_eq!(verify(store).await, 3);
+    // 3 jobs before, plus two claims, one put and one delete.
+    assert_eq!(verify(store).await, 7);
 }
 conformance!(acme_store, acme_state_challenges_and_accounts);
 

@@ -12,10 +12,13 @@
 //! Invariant: the ACME account's credentials (which hold its private key)
 //! are stored only sealed under the `tls_key` KEK, like certificate keys.
 
+use data_encoding::HEXLOWER;
 use serde::Serialize;
 use tokengate_audit::{Action, AuditEvent, Ident, Outcome, SafeText};
 use tokengate_crypto::{Envelope, PrivateKeyAad, open_private_key, seal_private_key};
-use tokengate_store::{AcmeAccountRow, AcmeDomainRow, Job, JobError, Op, TlsOp};
+use tokengate_store::{
+    ACME_ALPN_TOKEN_PREFIX, AcmeAccountRow, AcmeDomainRow, Job, JobError, Op, TlsOp,
+};
 use tokengate_tls::DomainName;
 use zeroize::Zeroizing;
 
@@ -264,6 +267,62 @@ impl Vault {
         .map_err(|e| VaultError::Internal(e.to_string()))
     }
 
+    /// Take the attempt at `row`'s domain for this node, for `lease_ms`: on
+    /// several nodes sharing a database only the one that wins orders (the
+    /// others no longer see the domain as due). A node that dies mid-order
+    /// leaves the lease to run out. `false`: another node took it first.
+    pub async fn acme_claim(&self, row: &AcmeDomainRow, lease_ms: i64) -> Result<bool, VaultError> {
+        let out = self
+            .committer
+            .submit(Job {
+                ops: vec![Op::Tls(TlsOp::ClaimAcmeDomain {
+                    domain: row.domain.clone(),
+                    seen: row.next_attempt_at,
+                    until: now_ms() + lease_ms,
+                })],
+                ..Job::default()
+            })
+            .await?
+            .map_err(|e| VaultError::Internal(format!("{e:?}")))?;
+        Ok(out.iter().map(|o| o.affected()).sum::<u64>() == 1)
+    }
+
+    /// Publish a TLS-ALPN-01 answer (the SHA-256 of the key authorization)
+    /// for `domain` to every node, for `ttl_ms`.
+    pub async fn acme_put_alpn_challenge(
+        &self,
+        domain: &str,
+        digest: &[u8],
+        ttl_ms: i64,
+    ) -> Result<(), VaultError> {
+        self.acme_put_challenge(
+            &format!("{ACME_ALPN_TOKEN_PREFIX}{domain}"),
+            &HEXLOWER.encode(digest),
+            ttl_ms,
+        )
+        .await
+    }
+
+    /// Withdraw the TLS-ALPN-01 answer for `domain`.
+    pub async fn acme_delete_alpn_challenge(&self, domain: &str) -> Result<(), VaultError> {
+        self.acme_delete_challenge(&format!("{ACME_ALPN_TOKEN_PREFIX}{domain}"))
+            .await
+    }
+
+    /// Every published TLS-ALPN-01 answer: `(domain, SHA-256 digest)`.
+    pub async fn acme_alpn_challenges(&self) -> Result<Vec<(String, Vec<u8>)>, VaultError> {
+        Ok(self
+            .store
+            .acme_alpn_challenges(now_ms())
+            .await?
+            .into_iter()
+            .filter_map(|(domain, hex)| {
+                let digest = HEXLOWER.decode(hex.as_bytes()).ok()?;
+                (digest.len() == 32).then_some((domain, digest))
+            })
+            .collect())
+    }
+
     /// The HTTP-01 answer for `token`, if one is published.
     pub async fn acme_challenge(&self, token: &str) -> Result<Option<String>, VaultError> {
         Ok(self.store.acme_challenge(token, now_ms()).await?)
@@ -447,7 +506,76 @@ impl Vault {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    async fn vault() -> (tempfile::TempDir, Vault) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        crate::init::init(&crate::init::InitOptions {
+            data_dir: dir.clone(),
+            database_url: None,
+            custodians: None,
+            custodian_keys: Vec::new(),
+            pkcs11: None,
+        })
+        .await
+        .unwrap();
+        let vault = Vault::open(crate::open::VaultConfig::new(&dir))
+            .await
+            .unwrap();
+        (tmp, vault)
+    }
+
+    /// Two nodes reading the same due row: one takes the order, the other
+    /// is told no, and the domain is no longer due until the lease ends.
+    #[tokio::test]
+    async fn one_node_takes_each_order() {
+        let (_tmp, vault) = vault().await;
+        vault
+            .acme_enable("claim.test", &CertActor::cli(Some("t")))
+            .await
+            .unwrap();
+        let now = now_ms();
+        let due = vault.acme_due(now).await.unwrap();
+        assert_eq!(due.len(), 1);
+        let row = &due[0];
+        assert!(vault.acme_claim(row, 60_000).await.unwrap());
+        assert!(!vault.acme_claim(row, 60_000).await.unwrap());
+        assert!(vault.acme_due(now_ms()).await.unwrap().is_empty());
+        assert_eq!(vault.acme_due(now + 61_000).await.unwrap().len(), 1);
+    }
+
+    /// TLS-ALPN-01 answers go through the database to every node, and only
+    /// well-formed digests come back.
+    #[tokio::test]
+    async fn alpn_answers_are_shared_and_withdrawn() {
+        let (_tmp, vault) = vault().await;
+        vault
+            .acme_put_alpn_challenge("a.test", &[7u8; 32], 60_000)
+            .await
+            .unwrap();
+        vault
+            .acme_put_alpn_challenge("gone.test", &[1u8; 32], -1)
+            .await
+            .unwrap();
+        vault
+            .acme_put_challenge("http-token", "ka", 60_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            vault.acme_alpn_challenges().await.unwrap(),
+            vec![("a.test".to_owned(), vec![7u8; 32])]
+        );
+        // Not reachable as an HTTP-01 token by its domain alone.
+        assert_eq!(vault.acme_challenge("a.test").await.unwrap(), None);
+        vault.acme_delete_alpn_challenge("a.test").await.unwrap();
+        assert!(vault.acme_alpn_challenges().await.unwrap().is_empty());
+        assert_eq!(
+            vault.acme_challenge("http-token").await.unwrap().as_deref(),
+            Some("ka")
+        );
+    }
 
     #[test]
     fn cert_names_are_valid_and_bounded() {

@@ -2239,6 +2239,128 @@ fn acme_issues_and_renews_against_pebble() {
     assert!(out.status.success());
 }
 
+/// Two nodes on one PostgreSQL database, both with ACME on: the node that
+/// orders is not the one the CA reaches for TLS-ALPN-01 (Pebble validates
+/// on node two's port; node two never orders), so the answer must travel
+/// through the database; each certificate is ordered once.
+#[test]
+fn acme_two_nodes_order_once_and_either_answers_tls_alpn_01() {
+    if !pebble_installed() {
+        return;
+    }
+    let Ok(url) = std::env::var("TOKENGATE_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must set TOKENGATE_TEST_POSTGRES_URL"
+        );
+        return;
+    };
+    let schema = format!("tls_acme2_{}", std::process::id());
+    let admin_url = url.clone();
+    let drop_sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}");
+    blocking(async move {
+        let admin = Store::connect(&admin_url).await.unwrap();
+        admin.execute_raw_for_tests(&drop_sql).await.unwrap();
+        admin.close().await;
+    });
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let node_url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+    let base = test_dir("tls-acme-2nodes-");
+    let data = base.join("data");
+    let out = bin()
+        .args(["init", "--json", "--data-dir"])
+        .arg(&data)
+        .env("DATABASE_URL", &node_url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pebble = start_pebble(&base);
+    let directory = pebble.directory();
+    let ca_root = pebble.api_ca.to_str().unwrap().to_owned();
+    let acme = |check_secs: &'static str| {
+        vec![
+            ("DATABASE_URL", node_url.clone()),
+            ("TOKENGATE_ACME_DIRECTORY_URL", directory.clone()),
+            ("TOKENGATE_ACME_CA_ROOT", ca_root.clone()),
+            ("TOKENGATE_ACME_CHALLENGE", "tls-alpn-01".to_owned()),
+            ("TOKENGATE_ACME_CHECK_SECS", check_secs.to_owned()),
+            ("TOKENGATE_ACME_RETRY_SECS", "3600".to_owned()),
+        ]
+    };
+    fn as_refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+        v.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+    // Node two: where Pebble connects; it checks for due domains only at
+    // start (none yet), so it never orders.
+    let two_env = acme("3600");
+    let two = Edge::start_on(
+        &data,
+        &base.join("node2.log"),
+        &format!("127.0.0.1:{}", pebble.tls_port),
+        &as_refs(&two_env),
+    );
+    let one_env = acme("1");
+    let one = Edge::start(&data, &base.join("node1.log"), &as_refs(&one_env));
+    let db = [("DATABASE_URL", node_url.as_str())];
+    let (code, v, err) = tg_json(
+        &data,
+        &["certs", "auto", "enable", "--domain", "two.test"],
+        &db,
+    );
+    assert_eq!(code, 0, "{v} {err}");
+
+    let local = served_leaf(two.https, Some("localhost")).unwrap();
+    let issued = within(Duration::from_secs(60), || {
+        served_leaf(two.https, Some("two.test")).unwrap() != local
+    });
+    assert!(
+        issued.is_some(),
+        "no ACME certificate for two.test:\nnode one:\n{}\nnode two:\n{}",
+        one.log(),
+        two.log()
+    );
+    let leaf = served_leaf(two.https, Some("two.test")).unwrap();
+    let same = within(Duration::from_secs(5), || {
+        served_leaf(one.https, Some("two.test")).unwrap() == leaf
+    });
+    assert!(
+        same.is_some(),
+        "node one does not serve the issued certificate"
+    );
+    drop(one);
+    drop(two);
+
+    let events: Vec<Value> = blocking({
+        let node_url = node_url.clone();
+        async move {
+            let store = Store::connect(&node_url).await.unwrap();
+            let recs = store.audit_events(0, 100_000).await.unwrap();
+            store.close().await;
+            recs.iter()
+                .map(|r| serde_json::from_str(&r.event_json).unwrap())
+                .collect()
+        }
+    });
+    let orders: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["action"] == "acme_order")
+        .collect();
+    assert_eq!(orders.len(), 1, "{orders:?}");
+    assert_eq!(orders[0]["outcome"], "success", "{orders:?}");
+    // The answer was withdrawn from the database after the order.
+    let left = blocking(async move {
+        let store = Store::connect(&node_url).await.unwrap();
+        let left = store.acme_alpn_challenges(0).await.unwrap();
+        store.close().await;
+        left
+    });
+    assert!(left.is_empty(), "{left:?}");
+}
+
 #[test]
 fn acme_tls_alpn_01_and_wildcard_dns_01_against_pebble() {
     if !pebble_installed() {
