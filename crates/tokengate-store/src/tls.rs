@@ -57,8 +57,9 @@ const DELETE_ACME_CHALLENGE: &str =
     "DELETE FROM acme_challenges WHERE token = $1 OR expires_at <= $2";
 const CLAIM_ACME_DOMAIN: &str =
     "UPDATE acme_domains SET next_attempt_at = $3 WHERE domain = $1 AND next_attempt_at = $2";
-/// TLS-ALPN-01 answers share the HTTP-01 table under this token prefix: a
-/// `/` never matches the single path segment HTTP-01 serves.
+/// TLS-ALPN-01 answers share the HTTP-01 table under this token prefix.
+/// HTTP-01 serves only base64url tokens (`routes/acme.rs` in the server),
+/// which never contain the `/`, so these rows are not served over HTTP.
 pub const ACME_ALPN_TOKEN_PREFIX: &str = "tls-alpn-01/";
 const INSERT_ACME_ACCOUNT: &str = "INSERT INTO acme_accounts (directory_url, kek_version, wrapped_dek, \
     sealed_credentials, created_at) VALUES ($1, $2, $3, $4, $5)";
