@@ -123,6 +123,9 @@ pub enum Action {
     Lockout,
     /// Audit records past retention archived and deleted.
     AuditPrune,
+    /// A drain's delivery cursor removed (the drain is gone for good), so
+    /// that it no longer holds back pruning.
+    AuditDrainForget,
     /// The edge proxy refused a request before it reached the app (card
     /// data outside the configured fields, an invalid card field).
     ProxyReject,
@@ -185,6 +188,7 @@ impl Action {
             Action::Alert => "alert",
             Action::Lockout => "lockout",
             Action::AuditPrune => "audit_prune",
+            Action::AuditDrainForget => "audit_drain_forget",
             Action::ProxyReject => "proxy_reject",
             Action::ProxyUpstreamError => "proxy_upstream_error",
             Action::EgressDenied => "egress_denied",

@@ -214,6 +214,19 @@ pub(crate) async fn services(
         .map(crate::drain::Drain::new)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| StartError::Drain(format!("audit drain: {e}")))?;
+    // A cursor left by a drain this node does not have holds back pruning:
+    // say so once at start (another node may still have it configured).
+    let configured: Vec<String> = drains.iter().map(|d| d.config.name.clone()).collect();
+    for (name, seq) in vault.drain_cursors().await.unwrap_or_default() {
+        if !configured.contains(&name) {
+            tracing::warn!(
+                drain = %name,
+                delivered_seq = seq,
+                "an audit drain not configured on this node has a delivery cursor, which holds back \
+                 audit pruning; if it is gone for good: tokengate audit drains --forget <drain>"
+            );
+        }
+    }
     tasks.extend(crate::drain::spawn_all(vault.clone(), drains));
     tasks.push({
         let vault = vault.clone();

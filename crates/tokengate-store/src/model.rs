@@ -116,6 +116,10 @@ pub enum Op {
         name: String,
         seq: u64,
     },
+    /// Removes drain `name`'s cursor. Output: rows affected (0 or 1).
+    ForgetDrain {
+        name: String,
+    },
     /// Moves a record's DEK to data KEK `to_version`, only if the record is
     /// still on `from_version` (compare-and-set: a record rewrapped, deleted
     /// or changed meanwhile is left alone). Output: rows affected (0 or 1).

@@ -334,6 +334,10 @@ fn apply_ops(conn: &Connection, ops: &[Op]) -> rusqlite::Result<Vec<OpOutput>> {
                 )?
                 .execute(params![name, i64::try_from(*seq).unwrap_or(i64::MAX)])? as u64,
             ),
+            Op::ForgetDrain { name } => OpOutput::Affected(
+                conn.prepare_cached("DELETE FROM audit_drains WHERE name = ?1")?
+                    .execute(params![name])? as u64,
+            ),
             Op::AppendTreeHashes { first_index, hashes } => {
                 let mut st = conn.prepare_cached("INSERT INTO audit_tree (idx, hash) VALUES (?1, ?2)")?;
                 for (k, h) in hashes.iter().enumerate() {

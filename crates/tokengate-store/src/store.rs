@@ -657,16 +657,6 @@ impl Store {
         .transpose()
     }
 
-    /// The smallest drain cursor (records after it are not yet everywhere).
-    pub async fn min_drain_cursor(&self) -> Result<Option<u64>, StoreError> {
-        let row = sqlx::query("SELECT MIN(delivered_seq) FROM audit_drains")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row
-            .try_get::<Option<i64>, _>(0)?
-            .map(|v| u64::try_from(v).unwrap_or(0)))
-    }
-
     /// The last audit record with `ts_ms < before_ms` (its seq), if any.
     pub async fn last_audit_seq_before(&self, before_ms: i64) -> Result<Option<u64>, StoreError> {
         let row = sqlx::query("SELECT MAX(seq) FROM audit_events WHERE ts_ms < $1")
@@ -679,6 +669,22 @@ impl Store {
     }
 
     /// The last sequence number drain `name` delivered (0: none yet).
+    /// Every drain's cursor: `(name, delivered_seq)`, by name.
+    pub async fn drain_cursors(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = sqlx::query("SELECT name, delivered_seq FROM audit_drains ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>(0)?,
+                    u64::try_from(r.try_get::<i64, _>(1)?)
+                        .map_err(|_| StoreError::Corrupt("drain cursor".into()))?,
+                ))
+            })
+            .collect()
+    }
+
     pub async fn drain_cursor(&self, name: &str) -> Result<u64, StoreError> {
         let row = sqlx::query("SELECT delivered_seq FROM audit_drains WHERE name = $1")
             .bind(name)
@@ -1294,6 +1300,13 @@ async fn apply_ops(
                 .bind(i64::try_from(*seq).unwrap_or(i64::MAX))
                 .execute(&mut *conn)
                 .await?;
+                OpOutput::Affected(r.rows_affected())
+            }
+            Op::ForgetDrain { name } => {
+                let r = sqlx::query("DELETE FROM audit_drains WHERE name = $1")
+                    .bind(name.as_str())
+                    .execute(&mut *conn)
+                    .await?;
                 OpOutput::Affected(r.rows_affected())
             }
             Op::AppendTreeHashes {

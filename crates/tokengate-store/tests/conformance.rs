@@ -957,7 +957,38 @@ async fn audit_prune(store: &Store) {
         store.last_audit_seq_before(i64::MAX).await.unwrap(),
         Some(5)
     );
-    assert_eq!(store.min_drain_cursor().await.unwrap(), None);
+    assert!(store.drain_cursors().await.unwrap().is_empty());
+    let cursor = |name: &str, seq: u64| Job {
+        ops: vec![Op::SetDrainCursor {
+            name: name.into(),
+            seq,
+        }],
+        ..Job::default()
+    };
+    commit(
+        store,
+        &[cursor("siem", 5), cursor("archive", 3), cursor("siem", 4)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        store.drain_cursors().await.unwrap(),
+        vec![("archive".to_owned(), 3), ("siem".to_owned(), 5)],
+        "a cursor never moves back"
+    );
+    let forget = |name: &str| Job {
+        ops: vec![Op::ForgetDrain { name: name.into() }],
+        ..Job::default()
+    };
+    let r = commit(store, &[forget("archive"), forget("nope")])
+        .await
+        .unwrap();
+    assert_eq!(r[0], Ok(vec![OpOutput::Affected(1)]));
+    assert_eq!(r[1], Ok(vec![OpOutput::Affected(0)]));
+    assert_eq!(
+        store.drain_cursors().await.unwrap(),
+        vec![("siem".to_owned(), 5)]
+    );
 }
 conformance!(prune, audit_prune);
 

@@ -362,6 +362,57 @@ impl Vault {
         }
     }
 
+    /// The audit chain's length (its last record's `seq`; 0 when empty).
+    pub async fn audit_head_seq(&self) -> Result<u64, VaultError> {
+        Ok(self.store.audit_head().await?.map_or(0, |h| h.seq))
+    }
+
+    /// Every drain's delivery cursor: `(name, delivered_seq)`. The lowest
+    /// holds back pruning.
+    pub async fn drain_cursors(&self) -> Result<Vec<(String, u64)>, VaultError> {
+        Ok(self.store.drain_cursors().await?)
+    }
+
+    /// Remove the cursor of a drain that is gone for good, so that it no
+    /// longer holds back pruning (audited, actor `cli`). A drain still
+    /// configured on a running node writes its cursor again and starts
+    /// over from the oldest record kept.
+    pub async fn forget_drain(&self, name: &str) -> Result<u64, VaultError> {
+        let Some(seq) = self
+            .drain_cursors()
+            .await?
+            .into_iter()
+            .find_map(|(n, s)| (n == name).then_some(s))
+        else {
+            return Err(VaultError::NotFound {
+                code: "drain_not_found",
+                message:
+                    "no drain of that name has a delivery cursor (see `tokengate audit drains`)"
+                        .into(),
+            });
+        };
+        let mut ev = event(
+            Action::AuditDrainForget,
+            Outcome::Success,
+            &Ident::from_static("cli"),
+            None,
+            &crate::access::RequestMeta::default(),
+        );
+        ev.detail = Some(SafeText::new(&format!("delivered_seq={seq}")));
+        ev.subject = Ident::new(name);
+        let job = Job {
+            ops: vec![Op::ForgetDrain {
+                name: name.to_owned(),
+            }],
+            events: vec![ev],
+            ..Job::default()
+        };
+        match self.committer.submit(job).await? {
+            Ok(_) => Ok(seq),
+            Err(e) => Err(VaultError::Internal(format!("forget drain: {e:?}"))),
+        }
+    }
+
     /// Record an `alert` event (`detail` starts with `kind=…`); it reaches
     /// every drain like any record.
     pub async fn record_alert(&self, detail: &str) -> Result<(), VaultError> {

@@ -674,7 +674,7 @@ impl Vault {
         progress(0, report.total);
 
         let batch = opts.batch;
-        let mut pacer = Pacer::new(opts.busy_share, self.audit_seq().await?);
+        let mut pacer = Pacer::new(opts.busy_share, self.audit_head_seq().await?);
         let mut done = 0u64;
         // A server that had not yet noticed the rotation may have written a
         // few records under the old version behind our cursor: go round
@@ -711,7 +711,8 @@ impl Vault {
                     // Yield to live traffic: the job's own audit records are
                     // written only at start and finish, so a growing chain
                     // means someone else is using the vault.
-                    if let Some(pause) = pacer.after_batch(self.audit_seq().await?, step.elapsed())
+                    if let Some(pause) =
+                        pacer.after_batch(self.audit_head_seq().await?, step.elapsed())
                     {
                         tokio::time::sleep(pause).await;
                         report.yielded_millis += pause.as_millis() as u64;
@@ -750,11 +751,6 @@ impl Vault {
         }
         self.record(vec![ev]).await?;
         Ok(report)
-    }
-
-    /// The audit chain's length (0 before the first record).
-    async fn audit_seq(&self) -> Result<u64, VaultError> {
-        Ok(self.store.audit_head().await?.map_or(0, |h| h.seq))
     }
 
     async fn rekey_fetch(

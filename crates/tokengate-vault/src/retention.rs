@@ -29,6 +29,10 @@ pub struct PruneReport {
     pub upto_seq: u64,
     /// The archive written, if any.
     pub archive: Option<PathBuf>,
+    /// The drain whose delivery cursor stopped pruning short of the cutoff
+    /// (`tokengate audit drains`; a drain gone for good is removed with
+    /// `tokengate audit drains --forget NAME`).
+    pub held_back_by: Option<String>,
 }
 
 impl Vault {
@@ -51,19 +55,36 @@ impl Vault {
                 pruned: 0,
                 upto_seq: already,
                 archive: None,
+                held_back_by: None,
             });
         }
         // Covered by a checkpoint (sign one now if needed).
         let cp = self.checkpoint().await?;
         cutoff = cutoff.min(cp.size);
-        if let Some(min) = self.store.min_drain_cursor().await? {
-            cutoff = cutoff.min(min);
+        let mut held_back_by = None;
+        if let Some((name, seq)) = self
+            .store
+            .drain_cursors()
+            .await?
+            .into_iter()
+            .min_by_key(|(_, seq)| *seq)
+            && seq < cutoff
+        {
+            cutoff = seq;
+            tracing::warn!(
+                drain = %name,
+                delivered_seq = seq,
+                "audit pruning held back by a drain that has not delivered further; \
+                 if it is gone for good: tokengate audit drains --forget <drain>"
+            );
+            held_back_by = Some(name);
         }
         if cutoff <= already {
             return Ok(PruneReport {
                 pruned: 0,
                 upto_seq: already,
                 archive: None,
+                held_back_by,
             });
         }
         std::fs::create_dir_all(archive_dir).map_err(|e| {
@@ -144,6 +165,7 @@ impl Vault {
                 pruned: count,
                 upto_seq: cutoff,
                 archive: Some(path),
+                held_back_by,
             }),
             Err(e) => Err(VaultError::Internal(format!("prune: {e:?}"))),
         }
@@ -274,6 +296,28 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(report.upto_seq, 4, "{report:?}");
+        assert_eq!(report.held_back_by.as_deref(), Some("siem"));
+        assert!(vault.verify_audit(None).await.unwrap().is_ok());
+        // The drain is gone for good: forgotten (audited), pruning goes on.
+        assert_eq!(
+            vault.forget_drain("nope").await.unwrap_err().code(),
+            "drain_not_found"
+        );
+        assert_eq!(vault.forget_drain("siem").await.unwrap(), 4);
+        assert!(vault.drain_cursors().await.unwrap().is_empty());
+        let kept = vault.store.audit_events(0, 1000).await.unwrap();
+        assert!(
+            kept.iter()
+                .any(|r| r.event_json.contains("audit_drain_forget")
+                    && r.event_json.contains("siem")),
+            "the forget is audited"
+        );
+        let report = vault
+            .prune_audit(i64::MAX, &tmp.path().join("a"))
+            .await
+            .unwrap();
+        assert!(report.upto_seq > 4, "{report:?}");
+        assert_eq!(report.held_back_by, None);
         assert!(vault.verify_audit(None).await.unwrap().is_ok());
         // Nothing is older than the epoch.
         let (tmp, vault) = new_vault().await;

@@ -72,6 +72,18 @@ pub enum AuditCmd {
         #[arg(long)]
         archive_dir: Option<PathBuf>,
     },
+    /// List each audit drain's delivery cursor (the lowest holds back
+    /// pruning), or with `--forget NAME` remove the cursor of a drain that is
+    /// gone for good (audited).
+    Drains {
+        #[arg(long, default_value = "./tokengate-data", env = "TOKENGATE_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Remove this drain's cursor so that it no longer holds back pruning.
+        #[arg(long, value_name = "NAME")]
+        forget: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the keyed hash that an HMAC'd audit field (`audit_hmac_fields`)
     /// holds for VALUE, to find its records in a search or export.
     Hash {
@@ -202,6 +214,57 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             let archive = archive_dir.unwrap_or_else(|| data_dir.join("archive"));
             let report = vault.prune_audit(cutoff, &archive).await?;
             println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCmd::Drains {
+            data_dir,
+            forget,
+            json,
+        } => {
+            let vault = open(&data_dir).await?;
+            if let Some(name) = forget {
+                let seq = vault.forget_drain(&name).await?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"forgotten": name, "delivered_seq": seq})
+                    );
+                } else {
+                    println!(
+                        "drain {name} forgotten (it had delivered up to record {seq}); it no longer holds back pruning"
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let head = vault.audit_head_seq().await?;
+            let drains: Vec<serde_json::Value> = vault
+                .drain_cursors()
+                .await?
+                .into_iter()
+                .map(|(name, seq)| {
+                    serde_json::json!({
+                        "name": name,
+                        "delivered_seq": seq,
+                        "behind": head.saturating_sub(seq),
+                    })
+                })
+                .collect();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"head_seq": head, "drains": drains})
+                );
+            } else {
+                println!("{:<24} {:>14} {:>10}", "NAME", "DELIVERED_SEQ", "BEHIND");
+                for d in &drains {
+                    println!(
+                        "{:<24} {:>14} {:>10}",
+                        d["name"].as_str().unwrap_or(""),
+                        d["delivered_seq"],
+                        d["behind"]
+                    );
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         AuditCmd::Hash { data_dir, value } => {

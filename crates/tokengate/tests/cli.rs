@@ -577,6 +577,52 @@ fn audit_prune_keeps_recent_records_and_checks_its_input() {
     assert_eq!(code, 0, "{v}");
 }
 
+/// A drain gone from the configuration keeps its cursor, which holds back
+/// pruning: `audit drains` shows it, `--forget` removes it (audited).
+#[test]
+fn audit_drains_lists_and_forgets_cursors() {
+    let dir = populated();
+    sqlite(
+        &dir.join("tokengate.db"),
+        "INSERT INTO audit_drains (name, delivered_seq) VALUES ('old-siem', 2)",
+    );
+    let drains = |args: &[&str]| {
+        let out = bin()
+            .args(["audit", "drains", "--json"])
+            .args(args)
+            .arg("--data-dir")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, v, err) = drains(&[]);
+    assert_eq!(code, 0, "{err}");
+    let head = v["head_seq"].as_u64().unwrap();
+    assert!(head > 2, "{v}");
+    assert_eq!(
+        v["drains"],
+        json!([{"name": "old-siem", "delivered_seq": 2, "behind": head - 2}])
+    );
+    let (code, v, err) = drains(&["--forget", "old-siem"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v, json!({"forgotten": "old-siem", "delivered_seq": 2}));
+    let (code, _, err) = drains(&["--forget", "old-siem"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("no drain of that name has a delivery cursor"),
+        "{err}"
+    );
+    let (_, v, _) = drains(&[]);
+    assert_eq!(v["drains"], json!([]));
+    let (code, v) = verify(&dir);
+    assert_eq!(code, 0, "{v}");
+}
+
 #[test]
 fn a_checkpoint_is_signed_once_enough_records_wait() {
     let base = test_dir("cli-ckpt-count-");
