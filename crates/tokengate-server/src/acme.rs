@@ -66,8 +66,8 @@ const DNS_HOOK_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long an HTTP-01 or TLS-ALPN-01 answer stays published.
 const CHALLENGE_TTL_MS: i64 = 10 * 60 * 1000;
 /// How long one node holds the attempt at a domain (several nodes on one
-/// database order each certificate once); a node that dies mid-order
-/// leaves it to run out.
+/// database order each certificate once), plus the DNS-01 wait; a node
+/// that dies mid-order leaves it to run out.
 const ORDER_LEASE_MS: i64 = 15 * 60 * 1000;
 /// How often every node copies the published TLS-ALPN-01 answers into its
 /// resolver, so that the CA's validation may reach any node.
@@ -405,7 +405,9 @@ pub async fn run_due(
     for row in due {
         // Several nodes on one database: only the one that takes the
         // attempt orders.
-        match vault.acme_claim(&row, ORDER_LEASE_MS).await {
+        // An order waits `dns_wait` for DNS propagation: the lease covers it.
+        let lease = ORDER_LEASE_MS.saturating_add(settings.dns_wait.as_millis() as i64);
+        match vault.acme_claim(&row, lease).await {
             Ok(true) => {}
             Ok(false) => {
                 tracing::debug!(domain = %row.domain, "ACME: another node is ordering");
