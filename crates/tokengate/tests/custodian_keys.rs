@@ -316,29 +316,7 @@ fn shares_encrypted_to_age_keys_interoperate_with_the_age_cli() {
     assert_eq!(v["sealed"], false);
     rt.block_on(async {
         let key = new_key(&c, &addr, &admin, &["tokenize", "reveal"]).await;
-        let v: Value = c
-            .post(format!("{addr}/v1/tokens"))
-            .bearer_auth(&key)
-            .json(
-                &json!({"card": {"number": "4242424242424242", "exp_month": 1, "exp_year": 2039}}),
-            )
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = v["token"].as_str().unwrap().to_owned();
-        let v: Value = c
-            .post(format!("{addr}/v1/tokens/{token}/reveal"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(v["card"]["number"], "4242424242424242");
+        tokenize_and_reveal(&c, &addr, &key, "4242424242424242").await;
     });
     drop(server);
 

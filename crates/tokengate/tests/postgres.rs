@@ -13,41 +13,16 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 
-fn pg_url() -> Option<String> {
-    match std::env::var("TOKENGATE_TEST_POSTGRES_URL") {
-        Ok(u) => Some(u),
-        Err(_) => {
-            assert!(
-                std::env::var("CI").is_err(),
-                "CI must set TOKENGATE_TEST_POSTGRES_URL"
-            );
-            eprintln!("TOKENGATE_TEST_POSTGRES_URL unset: skipping");
-            None
-        }
-    }
-}
-
 #[test]
 fn two_nodes_on_postgresql() {
-    let Some(url) = pg_url() else { return };
-    let schema = format!("e2e_{}", std::process::id());
+    let Some(node_url) = fresh_pg_schema("e2e") else {
+        return;
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        let admin = tokengate_store::Store::connect(&url).await.unwrap();
-        admin
-            .execute_raw_for_tests(&format!(
-                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
-            ))
-            .await
-            .unwrap();
-        admin.close().await;
-    });
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let node_url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
 
     let base = test_dir("pg-");
     let dir = base.join("data");

@@ -1695,23 +1695,9 @@ fn legacy_certificate_files_are_imported_and_the_key_file_deleted() {
 
 #[test]
 fn two_nodes_on_postgresql_reload_a_certificate_added_by_the_cli() {
-    let Ok(url) = std::env::var("TOKENGATE_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must set TOKENGATE_TEST_POSTGRES_URL"
-        );
+    let Some(node_url) = common::fresh_pg_schema("tls_e2e") else {
         return;
     };
-    let schema = format!("tls_e2e_{}", std::process::id());
-    let admin_url = url.clone();
-    let drop_sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}");
-    blocking(async move {
-        let admin = Store::connect(&admin_url).await.unwrap();
-        admin.execute_raw_for_tests(&drop_sql).await.unwrap();
-        admin.close().await;
-    });
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let node_url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
     let db = [("DATABASE_URL", node_url.as_str())];
 
     let base = test_dir("tls-pg-");
@@ -2248,23 +2234,9 @@ fn acme_two_nodes_order_once_and_either_answers_tls_alpn_01() {
     if !pebble_installed() {
         return;
     }
-    let Ok(url) = std::env::var("TOKENGATE_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must set TOKENGATE_TEST_POSTGRES_URL"
-        );
+    let Some(node_url) = common::fresh_pg_schema("tls_acme2") else {
         return;
     };
-    let schema = format!("tls_acme2_{}", std::process::id());
-    let admin_url = url.clone();
-    let drop_sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}");
-    blocking(async move {
-        let admin = Store::connect(&admin_url).await.unwrap();
-        admin.execute_raw_for_tests(&drop_sql).await.unwrap();
-        admin.close().await;
-    });
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let node_url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
     let base = test_dir("tls-acme-2nodes-");
     let data = base.join("data");
     let out = bin()

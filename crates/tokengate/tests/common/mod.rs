@@ -226,3 +226,60 @@ pub fn assert_absent(dir: &Path, needles: &[String]) {
         }
     }
 }
+
+/// A fresh, empty PostgreSQL schema named `{prefix}_{pid}` on the server
+/// of `TOKENGATE_TEST_POSTGRES_URL`, and the URL that makes it the search
+/// path (what `DATABASE_URL` of each node gets). `None` (skip) when the
+/// variable is unset outside CI; CI must set it.
+#[allow(clippy::print_stderr)]
+pub fn fresh_pg_schema(prefix: &str) -> Option<String> {
+    let Ok(url) = std::env::var("TOKENGATE_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must set TOKENGATE_TEST_POSTGRES_URL"
+        );
+        eprintln!("TOKENGATE_TEST_POSTGRES_URL unset: skipping");
+        return None;
+    };
+    let schema = format!("{prefix}_{}", std::process::id());
+    let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}");
+    let admin_url = url.clone();
+    std::thread::spawn(move || {
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let admin = tokengate_store::Store::connect(&admin_url).await.unwrap();
+            admin.execute_raw_for_tests(&sql).await.unwrap();
+            admin.close().await;
+        });
+    })
+    .join()
+    .unwrap();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    Some(format!("{url}{sep}options=-c%20search_path%3D{schema}"))
+}
+
+/// Tokenize `pan` with `key` and reveal the token again: the card must
+/// come back. Returns the token.
+pub async fn tokenize_and_reveal(c: &reqwest::Client, base: &str, key: &str, pan: &str) -> String {
+    let v: Value = c
+        .post(format!("{base}/v1/tokens"))
+        .bearer_auth(key)
+        .json(&json!({"card": {"number": pan, "exp_month": 1, "exp_year": 2039}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = v["token"].as_str().unwrap().to_owned();
+    let v: Value = c
+        .post(format!("{base}/v1/tokens/{token}/reveal"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["card"]["number"], pan);
+    token
+}
