@@ -7,6 +7,7 @@
 #   bench/tls-handshakes.sh                 # 2 rounds, 10 s per measurement
 #   ROUNDS=3 SECS=20 bench/tls-handshakes.sh
 #   PIN=none bench/tls-handshakes.sh        # no CPU pinning (both cores shared)
+#   CERTS=rsa MODES=full bench/tls-handshakes.sh   # only RSA-2048 full handshakes
 #   NICE=-10 bench/tls-handshakes.sh        # servers and load generator at a higher
 #                                           # priority than other work on the machine
 #
@@ -35,6 +36,8 @@ NICE="${NICE:-0}"
 WORK="${WORK:-/tmp/tokengate-tls-bench}"
 TG_PORT="${TG_PORT:-19443}"
 NGX_PORT="${NGX_PORT:-19444}"
+CERTS="${CERTS:-ec rsa}"        # which certificates to measure
+MODES="${MODES:-full resumed}"  # which handshake kinds to measure
 
 command -v nginx >/dev/null || { echo "nginx is not installed (apt-get install nginx)"; exit 1; }
 
@@ -149,8 +152,8 @@ run() { # server port pid cert mode round
 date -u +'started %Y-%m-%dT%H:%M:%SZ'
 echo "pin=$PIN nice=$NICE rounds=$ROUNDS secs=$SECS warmup=$WARMUP concurrency=$CONC nginx=$(nginx -v 2>&1 | sed 's/.*nginx\///') $(openssl version)"
 for round in $(seq 1 "$ROUNDS"); do
-    for cert in ec rsa; do
-        for mode in full resumed; do
+    for cert in $CERTS; do
+        for mode in $MODES; do
             if [ $((round % 2)) -eq 1 ]; then
                 run tokengate "$TG_PORT" "$TG_PID" "$cert" "$mode" "$round"
                 run nginx "$NGX_PORT" "$NGX_PID" "$cert" "$mode" "$round"

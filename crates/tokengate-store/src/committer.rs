@@ -1,8 +1,11 @@
 //! Group commit: many concurrent jobs, one transaction, one fsync.
 //!
-//! Requests submit a [`Job`] and wait. A single task takes every job that is
-//! waiting (up to `max_batch`), commits them together with
-//! [`Store::commit_pipelined`], and answers each once the batch is durable.
+//! Requests submit a [`Job`] and wait. One loop takes every job that is
+//! waiting (up to `max_batch`), commits them together, and answers each once
+//! the batch is durable. With SQLite the loop is an OS thread of its own that
+//! commits on the writer connection directly and leaves the answers to the
+//! WAL sync thread (`wal_sync`); with PostgreSQL it is a task calling
+//! [`Store::commit_pipelined`].
 //! Under load the fsync cost is shared by the whole batch, and the next batch
 //! is built while the previous one is being synced; when idle a job commits
 //! alone at once. Nothing is acknowledged before its transaction committed
@@ -43,7 +46,8 @@ impl std::fmt::Debug for GroupCommitter {
 }
 
 impl GroupCommitter {
-    /// Start the committer task on the current tokio runtime.
+    /// Start the committer: SQLite's writer thread, or (PostgreSQL) a task
+    /// on the current tokio runtime.
     pub fn spawn(store: Store, signer: Arc<dyn HeadSigner>, max_batch: usize) -> GroupCommitter {
         Self::spawn_with_filter(store, signer, max_batch, None)
     }
@@ -56,52 +60,14 @@ impl GroupCommitter {
         max_batch: usize,
         filter: Option<EventFilter>,
     ) -> GroupCommitter {
-        let (tx, mut rx) = mpsc::channel::<(Job, Reply)>(max_batch * 4);
-        tokio::spawn(async move {
-            let mut jobs = Vec::with_capacity(max_batch);
-            let mut replies = Vec::with_capacity(max_batch);
-            while let Some((job, reply)) = rx.recv().await {
-                jobs.push(job);
-                replies.push(reply);
-                while jobs.len() < max_batch {
-                    match rx.try_recv() {
-                        Ok((job, reply)) => {
-                            jobs.push(job);
-                            replies.push(reply);
-                        }
-                        Err(_) => break,
-                    }
-                }
-                let started = std::time::Instant::now();
-                let n = jobs.len();
-                let result = store
-                    .commit_pipelined(std::mem::take(&mut jobs), signer.clone())
-                    .await;
-                metrics::histogram!("tokengate_store_commit_jobs").record(n as f64);
-                let batch_replies = std::mem::replace(&mut replies, Vec::with_capacity(max_batch));
-                match result {
-                    Ok((results, durable)) => {
-                        // Answer once the batch is on disk; meanwhile this
-                        // loop already commits the next batch.
-                        tokio::spawn(async move {
-                            let synced = durable.wait().await;
-                            metrics::histogram!("tokengate_store_commit_seconds")
-                                .record(started.elapsed().as_secs_f64());
-                            match synced {
-                                Ok(()) => {
-                                    for (reply, result) in batch_replies.into_iter().zip(results) {
-                                        let _ = reply.send(Ok(result));
-                                    }
-                                }
-                                Err(e) => refuse(batch_replies, &e),
-                            }
-                        });
-                    }
-                    Err(e) => refuse(batch_replies, &e),
-                }
-                jobs.clear();
-            }
-        });
+        let (tx, rx) = mpsc::channel::<(Job, Reply)>(max_batch * 4);
+        let rx = match store.sqlite_writer().cloned() {
+            Some(writer) => spawn_writer_thread(writer, rx, signer.clone(), max_batch),
+            None => Some(rx),
+        };
+        if let Some(rx) = rx {
+            tokio::spawn(commit_loop(store, rx, signer, max_batch));
+        }
         GroupCommitter {
             tx,
             filter,
@@ -152,6 +118,121 @@ impl GroupCommitter {
             .await
             .map_err(|_| StoreError::CommitterStopped)?;
         rx.await.map_err(|_| StoreError::CommitterStopped)?
+    }
+}
+
+/// Take the job `first` and every job already waiting, up to `max_batch`.
+fn take_batch(
+    first: (Job, Reply),
+    rx: &mut mpsc::Receiver<(Job, Reply)>,
+    max_batch: usize,
+) -> (Vec<Job>, Vec<Reply>) {
+    let mut jobs = Vec::with_capacity(max_batch);
+    let mut replies = Vec::with_capacity(max_batch);
+    let (job, reply) = first;
+    jobs.push(job);
+    replies.push(reply);
+    while jobs.len() < max_batch {
+        match rx.try_recv() {
+            Ok((job, reply)) => {
+                jobs.push(job);
+                replies.push(reply);
+            }
+            Err(_) => break,
+        }
+    }
+    (jobs, replies)
+}
+
+/// Answer every job of a batch: its own result once the batch is durable,
+/// or the batch's error.
+fn answer(
+    replies: Vec<Reply>,
+    result: Result<Vec<JobResult>, StoreError>,
+    started: std::time::Instant,
+) {
+    metrics::histogram!("tokengate_store_commit_seconds").record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(results) => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(Ok(result));
+            }
+        }
+        Err(e) => refuse(replies, &e),
+    }
+}
+
+/// SQLite: one OS thread takes batches off the queue and commits each on
+/// the writer connection itself; the WAL sync thread answers the batch once
+/// it is on disk. Per batch that is one wake-up of this thread (none while
+/// jobs keep arriving) and one of the sync thread, instead of a hop to the
+/// blocking pool and back and a task per batch waiting for the sync. While
+/// a batch syncs, this thread already commits the next. Gives `rx` back if
+/// the thread cannot be started.
+fn spawn_writer_thread(
+    writer: crate::sqlite_writer::SqliteWriter,
+    rx: mpsc::Receiver<(Job, Reply)>,
+    signer: Arc<dyn HeadSigner>,
+    max_batch: usize,
+) -> Option<mpsc::Receiver<(Job, Reply)>> {
+    // The receiver moves into the thread only once it is running; if the
+    // spawn fails it comes back through this slot.
+    let slot = Arc::new(std::sync::Mutex::new(Some(rx)));
+    let thread_slot = slot.clone();
+    let spawned = std::thread::Builder::new()
+        .name("tokengate-writer".into())
+        .spawn(move || {
+            let taken = thread_slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            let Some(mut rx) = taken else { return };
+            // Ends when every `GroupCommitter` handle is gone.
+            while let Some(first) = rx.blocking_recv() {
+                let (jobs, replies) = take_batch(first, &mut rx, max_batch);
+                let started = std::time::Instant::now();
+                metrics::histogram!("tokengate_store_commit_jobs").record(jobs.len() as f64);
+                writer.commit_then(&jobs, signer.as_ref(), move |result| {
+                    answer(replies, result, started);
+                });
+            }
+        });
+    match spawned {
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the writer thread; committing from a task");
+            // The thread never ran, so the receiver is still in the slot.
+            slot.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+        }
+    }
+}
+
+/// PostgreSQL (and SQLite if its writer thread could not start): a task
+/// takes batches off the queue and commits them; each batch is answered
+/// once durable while the loop already commits the next.
+async fn commit_loop(
+    store: Store,
+    mut rx: mpsc::Receiver<(Job, Reply)>,
+    signer: Arc<dyn HeadSigner>,
+    max_batch: usize,
+) {
+    while let Some(first) = rx.recv().await {
+        let (jobs, replies) = take_batch(first, &mut rx, max_batch);
+        let started = std::time::Instant::now();
+        metrics::histogram!("tokengate_store_commit_jobs").record(jobs.len() as f64);
+        match store.commit_pipelined(jobs, signer.clone()).await {
+            Ok((results, durable)) => {
+                // Answer once the batch is on disk; meanwhile this loop
+                // already commits the next batch.
+                tokio::spawn(async move {
+                    let synced = durable.wait().await;
+                    answer(replies, synced.map(|()| results), started);
+                });
+            }
+            Err(e) => answer(replies, Err(e), started),
+        }
     }
 }
 

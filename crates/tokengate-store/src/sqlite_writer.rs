@@ -89,6 +89,37 @@ impl SqliteWriter {
     }
 }
 
+impl SqliteWriter {
+    /// Commit `jobs` in one transaction on the calling thread (the group
+    /// committer's writer thread). `then` gets the results once the commit
+    /// is on disk, from the WAL sync thread; on a failed commit it gets the
+    /// error at once. Nothing is acknowledged before `then` runs.
+    pub(crate) fn commit_then(
+        &self,
+        jobs: &[Job],
+        signer: &dyn HeadSigner,
+        then: impl FnOnce(Result<Vec<JobResult>, StoreError>) + Send + 'static,
+    ) {
+        if let Err(e) = self.syncer.check() {
+            return then(Err(e));
+        }
+        let mut guard = match self.conn.lock() {
+            Ok(g) => g,
+            Err(_) => return then(Err(StoreError::Database("writer lock poisoned".into()))),
+        };
+        match commit_sync(&mut guard, jobs, signer) {
+            // Still under the connection lock: generations follow WAL order.
+            Ok(results) => self
+                .syncer
+                .committed_then(Box::new(move |synced| then(synced.map(|()| results)))),
+            Err(e) => {
+                drop(guard);
+                then(Err(e));
+            }
+        }
+    }
+}
+
 fn commit_sync(
     conn: &mut Connection,
     jobs: &[Job],

@@ -788,6 +788,12 @@ impl Store {
             .map(|r| (r, Durable::now()))
     }
 
+    /// SQLite only: the in-process writer, for the group committer's own
+    /// writer thread.
+    pub(crate) fn sqlite_writer(&self) -> Option<&SqliteWriter> {
+        self.writer.as_ref()
+    }
+
     /// PostgreSQL commit: durable when COMMIT returns.
     async fn commit_postgres(
         &self,

@@ -48,11 +48,30 @@ struct Synced {
     failed: Option<String>,
 }
 
-#[derive(Debug, Default)]
+/// Called by the sync thread once the commit it was registered for is on
+/// disk (`Ok`), or can never be (`Err`).
+pub(crate) type Waiter = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+#[derive(Default)]
 struct Pending {
     /// Generation of the newest commit handed to the OS.
     committed: u64,
     shutdown: bool,
+    /// Callbacks by generation, oldest first (see [`WalSyncer::committed_then`]).
+    waiters: std::collections::VecDeque<(u64, Waiter)>,
+    /// Why the sync thread stopped for good, once it has.
+    failed: Option<String>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("committed", &self.committed)
+            .field("shutdown", &self.shutdown)
+            .field("waiters", &self.waiters.len())
+            .field("failed", &self.failed)
+            .finish()
+    }
 }
 
 #[derive(Debug)]
@@ -160,6 +179,31 @@ impl WalSyncer {
     }
 }
 
+impl WalSyncer {
+    /// [`WalSyncer::committed`] for a caller that is not async (the SQLite
+    /// writer thread): `then` runs on the sync thread once the commit is on
+    /// disk, so acknowledging it costs no hand-off to another task. Call
+    /// while still holding the writer connection.
+    pub(crate) fn committed_then(&self, then: Waiter) {
+        let mut p = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(e) = &p.failed {
+            let e = StoreError::Unavailable(format!("WAL fsync failed: {e}"));
+            drop(p);
+            then(Err(e));
+            return;
+        }
+        p.committed += 1;
+        let generation = p.committed;
+        p.waiters.push_back((generation, then));
+        drop(p);
+        self.shared.wake.notify_one();
+    }
+}
+
 impl Drop for WalSyncer {
     fn drop(&mut self) {
         if let Ok(mut p) = self.shared.pending.lock() {
@@ -206,14 +250,42 @@ fn run(shared: &Shared, wal_path: &std::path::Path, tx: &watch::Sender<Synced>) 
             Ok(()) => {
                 synced = target;
                 tx.send_modify(|s| s.upto = target);
+                let done = take_waiters(shared, |p| {
+                    let n = p.waiters.iter().take_while(|(g, _)| *g <= target).count();
+                    p.waiters.drain(..n).collect()
+                });
+                for (_, then) in done {
+                    then(Ok(()));
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "WAL fsync failed; refusing all further writes");
                 tx.send_modify(|s| s.failed = Some(e.to_string()));
+                let all = take_waiters(shared, |p| {
+                    p.failed = Some(e.to_string());
+                    p.waiters.drain(..).collect()
+                });
+                for (_, then) in all {
+                    then(Err(StoreError::Unavailable(format!(
+                        "WAL fsync failed: {e}"
+                    ))));
+                }
                 return;
             }
         }
     }
+}
+
+/// Take waiters out under the lock (run them after releasing it).
+fn take_waiters(
+    shared: &Shared,
+    take: impl FnOnce(&mut Pending) -> Vec<(u64, Waiter)>,
+) -> Vec<(u64, Waiter)> {
+    let mut p = shared
+        .pending
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    take(&mut p)
 }
 
 #[cfg(test)]
@@ -253,6 +325,57 @@ mod tests {
         assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
         assert!(syncer.check().is_err(), "later commits must be refused");
         let err = syncer.committed().wait().await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    }
+
+    type Outcome = Result<(), StoreError>;
+
+    /// A channel the callbacks of `committed_then` report to.
+    fn report() -> (
+        std::sync::mpsc::Sender<Outcome>,
+        std::sync::mpsc::Receiver<Outcome>,
+    ) {
+        std::sync::mpsc::channel()
+    }
+
+    #[test]
+    fn callbacks_run_after_the_wal_is_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("db-wal");
+        std::fs::write(&wal, b"frames").unwrap();
+        let syncer = WalSyncer::start(wal).unwrap();
+        let (tx, rx) = report();
+        for _ in 0..3 {
+            let tx = tx.clone();
+            syncer.committed_then(Box::new(move |r| {
+                let _ = tx.send(r);
+            }));
+        }
+        let in_time = std::time::Duration::from_secs(30);
+        for _ in 0..3 {
+            rx.recv_timeout(in_time).unwrap().unwrap();
+        }
+        // Only after a sync that covered all three.
+        assert!(syncer.synced.borrow().upto >= 3);
+    }
+
+    #[test]
+    fn a_failed_sync_fails_the_callback_and_every_later_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let syncer = WalSyncer::start(dir.path().join("missing-wal")).unwrap();
+        let (tx, rx) = report();
+        let in_time = std::time::Duration::from_secs(30);
+        let t = tx.clone();
+        syncer.committed_then(Box::new(move |r| {
+            let _ = t.send(r);
+        }));
+        let err = rx.recv_timeout(in_time).unwrap().unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        // After the failure a new commit is refused at once, not left waiting.
+        syncer.committed_then(Box::new(move |r| {
+            let _ = tx.send(r);
+        }));
+        let err = rx.recv_timeout(in_time).unwrap().unwrap_err();
         assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
     }
 
