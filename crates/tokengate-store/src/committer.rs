@@ -189,6 +189,9 @@ fn spawn_writer_thread(
             let Some(mut rx) = taken else { return };
             // Ends when every `GroupCommitter` handle is gone.
             while let Some(first) = rx.blocking_recv() {
+                // While an fsync runs, let the jobs arriving meanwhile gather
+                // into one commit (they wait for the next fsync either way).
+                writer.wait_sync_idle();
                 let (jobs, replies) = take_batch(first, &mut rx, max_batch);
                 let started = std::time::Instant::now();
                 metrics::histogram!("tokengate_store_commit_jobs").record(jobs.len() as f64);

@@ -90,6 +90,12 @@ impl SqliteWriter {
 }
 
 impl SqliteWriter {
+    /// Block while the WAL sync thread is in an fsync (at most a few
+    /// milliseconds; see `WalSyncer::wait_idle`).
+    pub(crate) fn wait_sync_idle(&self) {
+        self.syncer.wait_idle(std::time::Duration::from_millis(5));
+    }
+
     /// Commit `jobs` in one transaction on the calling thread (the group
     /// committer's writer thread). `then` gets the results once the commit
     /// is on disk, from the WAL sync thread; on a failed commit it gets the
