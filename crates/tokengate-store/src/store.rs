@@ -143,6 +143,11 @@ impl Store {
                 Backend::Postgres => 16,
             })
             .acquire_timeout(Duration::from_secs(10))
+            // A pooled PostgreSQL connection can go stale (server restart,
+            // failover): check it before use. An embedded SQLite connection
+            // cannot, and the check is one more round trip to sqlx's worker
+            // thread on every read.
+            .test_before_acquire(backend == Backend::Postgres)
             .after_connect(move |conn, _meta| {
                 let schema = schema_owned.clone();
                 Box::pin(async move {
