@@ -167,8 +167,9 @@ fn answer(
 /// it is on disk. Per batch that is one wake-up of this thread (none while
 /// jobs keep arriving) and one of the sync thread, instead of a hop to the
 /// blocking pool and back and a task per batch waiting for the sync. While
-/// a batch syncs, this thread already commits the next. Gives `rx` back if
-/// the thread cannot be started.
+/// a batch syncs, the jobs arriving meanwhile gather into the next one
+/// (`SqliteWriter::wait_sync_idle`). Gives `rx` back if the thread cannot be
+/// started.
 fn spawn_writer_thread(
     writer: crate::sqlite_writer::SqliteWriter,
     rx: mpsc::Receiver<(Job, Reply)>,

@@ -7,8 +7,9 @@
 //! commits with `synchronous=NORMAL` (WAL frames reach the OS with `write`,
 //! no fsync) and a dedicated thread runs `fdatasync` on the WAL file in a
 //! loop. Each fsync covers every commit that returned before it started, so
-//! while one batch is being synced the writer already builds the next — the
-//! same idea as PostgreSQL's group commit with a separate WAL flush.
+//! while one batch is being synced the jobs for the next one gather (and are
+//! committed together as soon as the fsync ends) — the same idea as
+//! PostgreSQL's group commit with a separate WAL flush.
 //!
 //! What still holds (and why):
 //! - Nothing is acknowledged before it is on disk: callers wait on
