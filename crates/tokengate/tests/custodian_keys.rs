@@ -16,7 +16,7 @@ mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
 use serde_json::{Value, json};
@@ -94,21 +94,12 @@ fn init_with(dir: &Path, custodians: &str, keys: &[&str], json: bool) -> std::pr
 
 /// `tokengate unseal --identity FILE --url URL` with `block` on standard input.
 fn unseal_with_identity(url: &str, identity: &Path, block: &str) -> std::process::Output {
-    let mut child = bin()
-        .args(["unseal", "--json", "--url", url, "--identity"])
-        .arg(identity)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(block.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    output_with_stdin(
+        bin()
+            .args(["unseal", "--json", "--url", url, "--identity"])
+            .arg(identity),
+        block,
+    )
 }
 
 /// A share's text and its base32 body: what must never appear in clear.

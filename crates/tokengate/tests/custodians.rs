@@ -10,9 +10,7 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::Stdio;
 
 use common::*;
 use serde_json::{Value, json};
@@ -51,21 +49,7 @@ fn init_custodians(dir: &Path) -> (String, Vec<String>) {
 
 /// `tokengate keys --json` with `input` on standard input.
 fn keys_with(dir: &Path, input: &str) -> std::process::Output {
-    let mut child = bin()
-        .args(["keys", "--json", "--data-dir"])
-        .arg(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    output_with_stdin(bin().args(["keys", "--json", "--data-dir"]).arg(dir), input)
 }
 
 #[test]
@@ -197,20 +181,10 @@ fn shares_unseal_k_and_only_k() {
         assert_eq!(r.status(), 503, "K-1 shares do not unseal");
     });
     // The second share through `tokengate unseal` (loopback: no pin needed).
-    let mut child = bin()
-        .args(["unseal", "--json", "--url", &addr])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{}\n", shares[2]).as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_with_stdin(
+        bin().args(["unseal", "--json", "--url", &addr]),
+        &format!("{}\n", shares[2]),
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -26,18 +26,7 @@ fn two_nodes_on_postgresql() {
 
     let base = test_dir("pg-");
     let dir = base.join("data");
-    let out = bin()
-        .args(["init", "--json", "--data-dir"])
-        .arg(&dir)
-        .env("DATABASE_URL", &node_url)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let init: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let init = common::init_json(&dir, &[("DATABASE_URL", &node_url)]);
     assert_eq!(init["database"], "postgresql");
     assert!(
         !dir.join("tokengate.db").exists(),

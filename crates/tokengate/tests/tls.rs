@@ -1702,17 +1702,7 @@ fn two_nodes_on_postgresql_reload_a_certificate_added_by_the_cli() {
 
     let base = test_dir("tls-pg-");
     let data = base.join("data");
-    let out = bin()
-        .args(["init", "--json", "--data-dir"])
-        .arg(&data)
-        .env("DATABASE_URL", &node_url)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::init_json(&data, &[("DATABASE_URL", &node_url)]);
     let one = Edge::start(&data, &base.join("node1.log"), &db);
     let two = Edge::start(&data, &base.join("node2.log"), &db);
 
@@ -2239,17 +2229,7 @@ fn acme_two_nodes_order_once_and_either_answers_tls_alpn_01() {
     };
     let base = test_dir("tls-acme-2nodes-");
     let data = base.join("data");
-    let out = bin()
-        .args(["init", "--json", "--data-dir"])
-        .arg(&data)
-        .env("DATABASE_URL", &node_url)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::init_json(&data, &[("DATABASE_URL", &node_url)]);
     let pebble = start_pebble(&base);
     let directory = pebble.directory();
     let ca_root = pebble.api_ca.to_str().unwrap().to_owned();

@@ -37,9 +37,19 @@ pub fn test_dir(prefix: &str) -> PathBuf {
 
 /// `tokengate init --json` → admin key.
 pub fn init(data_dir: &Path) -> String {
+    init_json(data_dir, &[])["admin_api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// `tokengate init --json` with `envs` (e.g. `DATABASE_URL`); must succeed.
+/// Returns what it printed.
+pub fn init_json(data_dir: &Path, envs: &[(&str, &str)]) -> Value {
     let out = bin()
         .args(["init", "--json", "--data-dir"])
         .arg(data_dir)
+        .envs(envs.iter().copied())
         .output()
         .unwrap();
     assert!(
@@ -47,8 +57,25 @@ pub fn init(data_dir: &Path) -> String {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["admin_api_key"].as_str().unwrap().to_owned()
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Run `cmd` with `input` on its standard input; its output.
+pub fn output_with_stdin(cmd: &mut Command, input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
 }
 
 #[derive(Debug)]
