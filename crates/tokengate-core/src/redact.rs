@@ -32,28 +32,39 @@ fn runs(text: &str) -> impl Iterator<Item = Run> + '_ {
                 i += 1;
                 continue;
             }
+            // Measure the run first: most digit runs (dates, ids, hex) are
+            // shorter than a card number and need no buffers at all.
             let start = i;
-            let mut digits = Vec::with_capacity(24);
-            let mut group_starts = vec![0];
+            let mut count = 0;
             let mut end = i;
             while i < bytes.len() {
                 let b = bytes[i];
                 if b.is_ascii_digit() {
-                    digits.push(b);
+                    count += 1;
                     i += 1;
                     end = i;
                 } else if (b == b' ' || b == b'-')
                     && i + 1 < bytes.len()
                     && bytes[i + 1].is_ascii_digit()
                 {
-                    group_starts.push(digits.len());
                     i += 1;
                 } else {
                     break;
                 }
             }
             i = end.max(i);
-            if digits.len() >= MIN_DIGITS {
+            if count >= MIN_DIGITS {
+                // Inside the run every non-digit is a single separator
+                // followed by a digit: it starts a new group.
+                let mut digits = Vec::with_capacity(count);
+                let mut group_starts = vec![0];
+                for &b in &bytes[start..end] {
+                    if b.is_ascii_digit() {
+                        digits.push(b);
+                    } else {
+                        group_starts.push(digits.len());
+                    }
+                }
                 return Some(Run {
                     start,
                     end,

@@ -1,6 +1,8 @@
 //! Group commit on SQLite, durable (nothing returns before its WAL fsync):
-//! - `sqlite_commit`: one batch of 1 or 64 tokenize-shaped jobs (token row +
-//!   one audit event each), committed directly.
+//! - `sqlite_commit`: one batch of 1, 16 or 64 tokenize-shaped jobs (token
+//!   row + one audit event each), committed directly. Tokens, fingerprints
+//!   and request ids are spread like real ones (random-looking), so every
+//!   index insert lands where production's would.
 //! - `audit_append`: audit-only jobs (one record each, shaped like a failed
 //!   authentication) submitted by 256 concurrent tasks through the
 //!   `GroupCommitter`, as the server does — durable appends per second.
@@ -20,22 +22,44 @@ impl HeadSigner for NoSign {
     }
 }
 
+/// SplitMix64: a well-spread 64-bit value per `n` (not a secret; only so
+/// that keys land at random places in the B-trees, as random tokens do).
+fn spread(n: u64) -> u64 {
+    let mut z = n.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 fn job(n: u64) -> Job {
-    let token = format!("tok_{n:032}");
+    let (a, b) = (spread(n), spread(n ^ 0xA5A5_A5A5_A5A5_A5A5));
+    let token = format!("tok_{a:016x}{b:016x}");
+    let mut fingerprint = Vec::with_capacity(32);
+    for k in 0..4 {
+        fingerprint.extend_from_slice(&spread(n.wrapping_mul(4).wrapping_add(k)).to_be_bytes());
+    }
     let mut ev = AuditEvent::new(
-        1,
+        1_795_000_000_000 + n as i64,
         Action::TokenCreate,
         Outcome::Success,
         Ident::from_static("key_bench"),
     );
     ev.token = Ident::new(&token);
+    // Request ids start with their millisecond, as the server's do.
+    ev.request_id = Ident::new(&format!(
+        "req_{:012x}{:012x}",
+        1_795_000_000_000 + n,
+        spread(!n) & 0xFFFF_FFFF_FFFF
+    ));
+    ev.client_ip = Some(std::net::IpAddr::from([203, 0, 113, 7]));
+    ev.user_agent = Some(tokengate_audit::SafeText::new("wrk/4.1"));
     Job {
         ops: vec![Op::InsertToken(TokenRow {
             tenant: "default".into(),
             token,
             format: "opaque".into(),
             deterministic: false,
-            fingerprint: vec![7; 32],
+            fingerprint,
             fp_version: 1,
             kek_version: 1,
             wrapped_dek: vec![1; 60],
@@ -66,7 +90,7 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let mut n = 0u64;
     let mut g = c.benchmark_group("sqlite_commit");
-    for size in [1usize, 64] {
+    for size in [1usize, 16, 64] {
         g.throughput(Throughput::Elements(size as u64));
         g.bench_function(format!("batch_{size}"), |b| {
             b.to_async(&rt).iter(|| {

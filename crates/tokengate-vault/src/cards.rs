@@ -302,8 +302,9 @@ impl Vault {
         // A deterministic token made before a fingerprint-key rotation may
         // still carry a fingerprint under an older version until the
         // re-fingerprint job reaches it: look under every live version.
-        let mut lookups = vec![fingerprint.clone()];
+        let mut lookups = Vec::new();
         if req.deterministic {
+            lookups.push(fingerprint.clone());
             for v in ring.versions(KeyPurpose::Fingerprint) {
                 if v != fp_version {
                     lookups.push(
@@ -366,7 +367,10 @@ impl Vault {
                 created_at: now,
                 has_cvc: card.cvc.is_some(),
             };
-            let mut ops = vec![Op::InsertToken(row.clone())];
+            // The answer is built before the row moves into the job (no
+            // copy of the row).
+            let info = TokenInfo::from(&row);
+            let mut ops = vec![Op::InsertToken(row)];
             if let Some(cvc) = &card.cvc {
                 ops.push(Op::InsertCvc(self.cvc_row(
                     tenant,
@@ -395,7 +399,7 @@ impl Vault {
             {
                 Ok(_) => {
                     return Ok(TokenizeOutcome {
-                        info: TokenInfo::from(&row),
+                        info,
                         created: true,
                     });
                 }
