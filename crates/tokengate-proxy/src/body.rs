@@ -249,9 +249,13 @@ fn scan_json(
             return;
         }
         let Some(d) = net else { return };
+        // Looked at without a copy; copied only when it holds a hit.
         let text = match kind {
-            Scalar::Str | Scalar::Key => json::decode_str(raw).unwrap_or_default(),
-            Scalar::Num => Zeroizing::new(String::from_utf8_lossy(raw).into_owned()),
+            Scalar::Str | Scalar::Key => {
+                json::decode_str_ref(raw).unwrap_or(json::Decoded::Borrowed(""))
+            }
+            // A number in a validated document is ASCII.
+            Scalar::Num => json::Decoded::Borrowed(std::str::from_utf8(raw).unwrap_or_default()),
             Scalar::Literal | Scalar::Container => return,
         };
         let parts = stray_parts(&text, d);
@@ -259,7 +263,7 @@ fn scan_json(
             hits.push(Hit {
                 range,
                 enc: Enc::Json,
-                text,
+                text: text.into_owned(),
                 parts,
                 group: path_group(path),
             });

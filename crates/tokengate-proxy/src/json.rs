@@ -91,15 +91,57 @@ pub fn validate(body: &[u8]) -> Result<(), JsonError> {
 /// Decode a string scalar (quotes included). `None` only for invalid input,
 /// which [`validate`] has already excluded.
 pub fn decode_str(raw: &[u8]) -> Option<Zeroizing<String>> {
+    decode_str_ref(raw).map(Decoded::into_owned)
+}
+
+/// A decoded string scalar: the body's own bytes when the literal holds no
+/// escape (no copy), else a decoded copy that is wiped when dropped. It may
+/// hold a card number: `Debug` shows only its length.
+pub enum Decoded<'a> {
+    Borrowed(&'a str),
+    Owned(Zeroizing<String>),
+}
+
+impl std::fmt::Debug for Decoded<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            Decoded::Borrowed(_) => "Borrowed",
+            Decoded::Owned(_) => "Owned",
+        };
+        write!(f, "Decoded::{kind}({} bytes)", self.len())
+    }
+}
+
+impl Decoded<'_> {
+    /// An owned copy, wiped when dropped.
+    pub fn into_owned(self) -> Zeroizing<String> {
+        match self {
+            Decoded::Borrowed(s) => Zeroizing::new(s.to_owned()),
+            Decoded::Owned(s) => s,
+        }
+    }
+}
+
+impl std::ops::Deref for Decoded<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            Decoded::Borrowed(s) => s,
+            Decoded::Owned(s) => s.as_str(),
+        }
+    }
+}
+
+/// [`decode_str`] without a copy when the literal holds no escape (most
+/// scalars a safety net looks at, and then drops).
+pub fn decode_str_ref(raw: &[u8]) -> Option<Decoded<'_>> {
     let inner = raw.get(1..raw.len().checked_sub(1)?)?;
     if !inner.contains(&b'\\') {
-        return std::str::from_utf8(inner)
-            .ok()
-            .map(|s| Zeroizing::new(s.to_owned()));
+        return std::str::from_utf8(inner).ok().map(Decoded::Borrowed);
     }
     serde_json::from_slice::<String>(raw)
         .ok()
-        .map(Zeroizing::new)
+        .map(|s| Decoded::Owned(Zeroizing::new(s)))
 }
 
 /// Encode `s` as a JSON string literal.
@@ -170,7 +212,7 @@ impl Walker<'_> {
                     loop {
                         self.ws();
                         let kr = self.string();
-                        let key = decode_str(&self.b[kr.clone()])
+                        let key = decode_str_ref(&self.b[kr.clone()])
                             .map(|k| k.to_string())
                             .unwrap_or_default();
                         visit(&self.path, kr, Scalar::Key);
@@ -283,6 +325,16 @@ mod tests {
     fn decodes_escapes() {
         assert_eq!(decode_str(br#""x\u0041\n""#).unwrap().as_str(), "xA\n");
         assert_eq!(decode_str(br#""plain""#).unwrap().as_str(), "plain");
+        // Without an escape the body's own bytes are used; with one, a copy.
+        assert!(matches!(
+            decode_str_ref(br#""plain""#),
+            Some(Decoded::Borrowed("plain"))
+        ));
+        match decode_str_ref(br#""4111\u0031""#) {
+            Some(Decoded::Owned(s)) => assert_eq!(s.as_str(), "41111"),
+            other => panic!("expected a decoded copy, got {other:?}"),
+        }
+        assert!(decode_str_ref(b"\"").is_none());
         assert_eq!(encode_str("a\"b"), br#""a\"b""#.to_vec());
     }
 
