@@ -3,7 +3,8 @@
 //! One [`Store`] over two backends: SQLite (embedded default: WAL, every
 //! commit fsynced before it is acknowledged, `secure_delete=ON`) and PostgreSQL (many stateless
 //! nodes). Schema, migrations and reads go through sqlx's `Any` driver for
-//! both. Writes differ: PostgreSQL commits through sqlx with multi-row
+//! both, except the checkpointer's bulk read of audit records, which SQLite
+//! serves from a connection of its own (`sqlite_reader`). Writes differ: PostgreSQL commits through sqlx with multi-row
 //! inserts; SQLite commits a whole batch inside one blocking thread on a
 //! dedicated connection (`sqlite_writer`), because a sqlx round trip per
 //! statement cost more than the statements. `tests/conformance.rs` runs one
@@ -23,6 +24,7 @@
 pub mod committer;
 pub mod model;
 mod schema;
+mod sqlite_reader;
 mod sqlite_writer;
 mod store;
 mod tls;

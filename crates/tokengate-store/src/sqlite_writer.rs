@@ -4,9 +4,10 @@
 //! Why not sqlx here: sqlx-sqlite sends every statement to its worker thread
 //! and back; a batch is ~4 statements per job, so a commit spent most of its
 //! time in thread hand-offs (measured: ~50 µs per job and ~1 ms per batch,
-//! see docs/BENCHMARKS.md). Here a batch costs one hand-off. Reads, schema
-//! migrations and PostgreSQL stay on sqlx; the conformance suite runs every
-//! behaviour against both write paths.
+//! see docs/BENCHMARKS.md). Here a batch costs one hand-off. Reads (but the
+//! checkpointer's, see `sqlite_reader`), schema migrations and PostgreSQL
+//! stay on sqlx; the conformance suite runs every behaviour against both
+//! write paths.
 //!
 //! Commits do not fsync inline: the connection runs `synchronous=NORMAL` and
 //! [`WalSyncer`] makes each commit durable on its own thread before it is

@@ -12,6 +12,7 @@ use tokengate_audit::{SignedHead, StoredEvent};
 use crate::StoreError;
 use crate::model::*;
 use crate::schema;
+use crate::sqlite_reader::SqliteReader;
 use crate::sqlite_writer::SqliteWriter;
 use crate::wal_sync::Durable;
 use std::sync::Arc;
@@ -35,6 +36,8 @@ pub struct Store {
     backend: Backend,
     /// SQLite only: the in-process writer (see `sqlite_writer`).
     writer: Option<SqliteWriter>,
+    /// SQLite only: bulk reads without sqlx (see `sqlite_reader`).
+    reader: Option<SqliteReader>,
 }
 
 static DRIVERS: Once = Once::new();
@@ -183,6 +186,7 @@ impl Store {
             pool,
             backend,
             writer: None,
+            reader: None,
         };
         store.migrate().await?;
         if backend == Backend::Sqlite {
@@ -191,6 +195,7 @@ impl Store {
                 .trim_start_matches("sqlite:");
             let path = path.split('?').next().unwrap_or(path);
             store.writer = Some(SqliteWriter::open(Path::new(path))?);
+            store.reader = Some(SqliteReader::open(Path::new(path))?);
         }
         Ok(store)
     }
@@ -518,6 +523,35 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(stored_event).collect()
+    }
+
+    /// `(seq, RFC 6962 leaf hash)` of the audit records after `after`, in
+    /// `seq` order, at most `limit`: what the Merkle checkpointer needs,
+    /// without the records themselves.
+    pub async fn audit_leaf_hashes(
+        &self,
+        after: u64,
+        limit: i64,
+    ) -> Result<Vec<(u64, tokengate_audit::merkle::Hash)>, StoreError> {
+        let after = i64::try_from(after).map_err(|_| StoreError::Corrupt("seq".into()))?;
+        if let Some(reader) = &self.reader {
+            return reader.audit_leaf_hashes(after, limit).await;
+        }
+        let rows = sqlx::query(
+            "SELECT seq, event_json FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let seq = u64::try_from(r.try_get::<i64, _>(0)?)
+                    .map_err(|_| StoreError::Corrupt("seq".into()))?;
+                let json: String = r.try_get(1)?;
+                Ok((seq, tokengate_audit::merkle::leaf_hash(&json)))
+            })
+            .collect()
     }
 
     /// Audit records matching `q`, in `seq` order, at most `limit`. Token and

@@ -143,13 +143,14 @@ impl Vault {
         let mut leaves = Vec::with_capacity(usize::try_from(head - from).unwrap_or(0));
         let mut after = from;
         while after < head {
-            let page = self.store.audit_events(after, PAGE).await?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
+            // Only the leaf hashes, computed where the records are read.
+            let page = self.store.audit_leaf_hashes(after, PAGE).await?;
+            let Some(&(last, _)) = page.last() else { break };
+            after = last;
             leaves.extend(
-                page.iter()
-                    .take_while(|r| r.seq <= head)
-                    .map(|r| leaf_hash(&r.event_json)),
+                page.into_iter()
+                    .take_while(|(seq, _)| *seq <= head)
+                    .map(|(_, h)| h),
             );
         }
         if leaves.len() as u64 != head - from {
