@@ -11,12 +11,14 @@
 # instructions since the zeroing are divided by the requests wrk completed.
 #
 # Usage: [TOKENGATE_BIN=path] [DUR=15] bench/instructions-per-request.sh MODE [OUT]
-#   MODE: healthz | tokenize | webhooks
+#   MODE: healthz | tokenize | webhooks | proxy-pass (the edge proxy's
+#         pass-through route in front of an nginx `return 200` upstream,
+#         card-free payload, as in proxy-bench.sh)
 #   OUT:  callgrind output prefix (default: a temporary file, removed)
-# Needs: a release build, valgrind, wrk.
+# Needs: a release build, valgrind, wrk (and nginx for proxy-pass).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MODE="${1:?healthz | tokenize | webhooks}"
+MODE="${1:?healthz | tokenize | webhooks | proxy-pass}"
 BIN="${TOKENGATE_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/tokengate-target}/release/tokengate}"
 WORK="$(mktemp -d /tmp/tg-instr-XXXXXX)"
 OUT="${2:-$WORK/callgrind}"
@@ -36,13 +38,39 @@ signed_content = "{timestamp}.{body}"
 timestamp_header = "X-Timestamp"
 id_header = "X-Event-Id"
 rate_limit_per_sec = 1000000
+[proxy]
+listen = "127.0.0.1:$((PORT + 1))"
+[[proxy.inbound]]
+name = "pass"
+path_prefix = "/pass"
+upstream = "http://127.0.0.1:$((PORT + 2))"
 TOML
+if [ "$MODE" = proxy-pass ]; then
+  mkdir -p "$WORK/up"
+  cat > "$WORK/up/nginx.conf" <<NGINX
+worker_processes 1;
+pid $WORK/up/nginx.pid;
+error_log $WORK/up/error.log crit;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/up/body; proxy_temp_path $WORK/up/proxy;
+    fastcgi_temp_path $WORK/up/fastcgi; uwsgi_temp_path $WORK/up/uwsgi; scgi_temp_path $WORK/up/scgi;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$((PORT + 2));
+        location / { default_type application/json; return 200 '{"ok":true}'; }
+    }
+}
+NGINX
+  nginx -c "$WORK/up/nginx.conf" -e "$WORK/up/error.log"
+fi
 ADMIN=$("$BIN" init --json --data-dir "$WORK/data" | python3 -c 'import json,sys; print(json.load(sys.stdin)["admin_api_key"])')
 TOKENGATE_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT" --dump-instr=no \
   "$BIN" serve --data-dir "$WORK/data" --listen 127.0.0.1:$PORT --config "$WORK/tokengate.toml" \
   > "$WORK/out" 2> "$WORK/err" &
 PID=$!
-trap 'kill $PID 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'kill $PID 2>/dev/null; [ -f "$WORK/up/nginx.pid" ] && kill "$(cat "$WORK/up/nginx.pid")"; rm -rf "$WORK"' EXIT
 for _ in $(seq 600); do grep -q listening "$WORK/out" 2>/dev/null && break; sleep 0.2; done
 case "$MODE" in
   healthz) ARGS=("$BASE/healthz") ;;
@@ -67,6 +95,7 @@ PY
 )
     export WH_SIG
     ARGS=(-s bench/webhook.lua "$BASE") ;;
+  proxy-pass) ARGS=(-s bench/proxy-pass.lua "https://127.0.0.1:$((PORT + 1))/pass") ;;
   *) echo "unknown mode $MODE" >&2; exit 2 ;;
 esac
 wrk -t1 -c8 -d3s "${ARGS[@]}" > /dev/null
