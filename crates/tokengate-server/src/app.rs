@@ -133,22 +133,42 @@ async fn security_headers(req: Request, next: Next) -> Response {
     resp
 }
 
+/// The `method` label: the standard methods by name, anything else
+/// `other`. A client can send any token as a method; used as a label as
+/// is, each new one would add time series for as long as the process runs.
+fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
 /// Request count and latency per route template and status. Labels never
-/// hold the raw path (which could hold a token or a mistyped PAN).
+/// hold the raw path (which could hold a token or a mistyped PAN), and
+/// every label has a bounded set of values.
 async fn record_metrics(req: Request, next: Next) -> Response {
     let start = Instant::now();
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().as_str().to_owned();
+        .map_or("unmatched", |m| m.as_str())
+        .to_owned();
+    let method = method_label(req.method());
     let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
+    let status = resp.status().as_u16();
     let elapsed = start.elapsed();
-    metrics::counter!("tokengate_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status.clone()).increment(1);
-    metrics::histogram!("tokengate_http_request_duration_seconds", "method" => method.clone(), "route" => route.clone()).record(elapsed.as_secs_f64());
     tracing::debug!(%method, %route, %status, latency_us = elapsed.as_micros() as u64, "request");
+    metrics::histogram!("tokengate_http_request_duration_seconds", "method" => method, "route" => route.clone()).record(elapsed.as_secs_f64());
+    metrics::counter!("tokengate_http_requests_total", "method" => method, "route" => route, "status" => status.to_string()).increment(1);
     resp
 }
 

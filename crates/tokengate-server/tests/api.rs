@@ -799,6 +799,18 @@ async fn headers_health_metrics_openapi() {
     assert_eq!(s, 200);
     let k = h.key(&["tokenize"]).await;
     h.tokenize(&k, card("4242424242424242")).await;
+    // A made-up method is answered (405) and counted, but never becomes a
+    // label value of its own.
+    let resp = h
+        .client
+        .request(
+            reqwest::Method::from_bytes(b"XYZZY").unwrap(),
+            format!("{}/healthz", h.base),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
     let metrics = h
         .client
         .get(format!("{}/metrics", h.base))
@@ -813,6 +825,11 @@ async fn headers_health_metrics_openapi() {
         "{metrics}"
     );
     assert!(metrics.contains(r#"route="/v1/tokens""#));
+    assert!(!metrics.contains("XYZZY"), "{metrics}");
+    assert!(
+        metrics.contains(r#"method="other",route="/healthz",status="405""#),
+        "{metrics}"
+    );
     let (s, doc) = h.call("GET", "/openapi.json", None, None).await;
     assert_eq!(s, 200);
     assert!(doc["paths"]["/v1/tokens"]["post"].is_object());
