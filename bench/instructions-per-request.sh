@@ -25,19 +25,9 @@ OUT="${2:-$WORK/callgrind}"
 PORT=18948
 BASE=https://127.0.0.1:$PORT
 SECRET="bench-secret-$RANDOM$RANDOM"
-cat > "$WORK/tokengate.toml" <<TOML
-[[webhooks.sources]]
-name = "bench"
-kind = "generic"
-secrets = ["$SECRET"]
-header = "X-Signature"
-algorithm = "sha256"
-encoding = "hex"
-prefix = "sha256="
-signed_content = "{timestamp}.{body}"
-timestamp_header = "X-Timestamp"
-id_header = "X-Event-Id"
-rate_limit_per_sec = 1000000
+# shellcheck source=bench/webhook-fixture.sh
+. bench/webhook-fixture.sh
+{ webhook_source_toml "$SECRET"; cat <<TOML
 [proxy]
 listen = "127.0.0.1:$((PORT + 1))"
 [[proxy.inbound]]
@@ -45,6 +35,7 @@ name = "pass"
 path_prefix = "/pass"
 upstream = "http://127.0.0.1:$((PORT + 2))"
 TOML
+} > "$WORK/tokengate.toml"
 if [ "$MODE" = proxy-pass ]; then
   mkdir -p "$WORK/up"
   cat > "$WORK/up/nginx.conf" <<NGINX
@@ -81,19 +72,7 @@ case "$MODE" in
     ARGS=(-s bench/tokenize.lua "$BASE/v1/tokens") ;;
   webhooks)
     # The same 2,048-byte body and precomputed signature as run-webhook-bench.sh.
-    export WH_BODY="$WORK/body.json" WH_TS="$(date +%s)"
-    WH_SIG=$(python3 - "$WH_BODY" "$WH_TS" "$SECRET" <<'PY'
-import hashlib, hmac, json, sys
-path, ts, secret = sys.argv[1], sys.argv[2], sys.argv[3]
-ev = {"type": "charge.succeeded", "data": {"object": {"amount": 1999, "currency": "eur", "description": ""}}}
-pad = 2048 - len(json.dumps(ev, separators=(",", ":")))
-ev["data"]["object"]["description"] = "x" * pad
-body = json.dumps(ev, separators=(",", ":")).encode()
-open(path, "wb").write(body)
-print("sha256=" + hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest())
-PY
-)
-    export WH_SIG
+    webhook_signed_body "$WORK" "$SECRET"
     ARGS=(-s bench/webhook.lua "$BASE") ;;
   proxy-pass) ARGS=(-s bench/proxy-pass.lua "https://127.0.0.1:$((PORT + 1))/pass") ;;
   *) echo "unknown mode $MODE" >&2; exit 2 ;;

@@ -11,20 +11,9 @@ DUR="${1:-10}"; CONN="${2:-64}"
 BIN="${TOKENGATE_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/tokengate-target}/release/tokengate}"
 WORK="$(mktemp -d /tmp/tg-whbench-XXXXXX)"
 SECRET="bench-secret-$RANDOM$RANDOM"
-cat > "$WORK/tokengate.toml" <<TOML
-[[webhooks.sources]]
-name = "bench"
-kind = "generic"
-secrets = ["$SECRET"]
-header = "X-Signature"
-algorithm = "sha256"
-encoding = "hex"
-prefix = "sha256="
-signed_content = "{timestamp}.{body}"
-timestamp_header = "X-Timestamp"
-id_header = "X-Event-Id"
-rate_limit_per_sec = 1000000
-TOML
+# shellcheck source=bench/webhook-fixture.sh
+. bench/webhook-fixture.sh
+webhook_source_toml "$SECRET" > "$WORK/tokengate.toml"
 "$BIN" init --json --data-dir "$WORK/data" > /dev/null
 TOKENGATE_LOG=warn "$BIN" serve --data-dir "$WORK/data" --listen 127.0.0.1:18944 \
   --config "$WORK/tokengate.toml" > "$WORK/out" 2> "$WORK/err" &
@@ -32,22 +21,8 @@ PID=$!
 trap 'kill $PID 2>/dev/null; rm -rf "$WORK"' EXIT
 for _ in $(seq 50); do grep -q listening "$WORK/out" 2>/dev/null && break; sleep 0.1; done
 BASE=https://127.0.0.1:18944
-# A 2,048-byte JSON body and its signature (timestamp = now; the run must
-# end within the 300 s tolerance).
-export WH_BODY="$WORK/body.json" WH_TS="$(date +%s)"
-WH_SIG=$(python3 - "$WH_BODY" "$WH_TS" "$SECRET" <<'PY'
-import hashlib, hmac, json, sys
-path, ts, secret = sys.argv[1], sys.argv[2], sys.argv[3]
-ev = {"type": "charge.succeeded", "data": {"object": {"amount": 1999, "currency": "eur", "description": ""}}}
-pad = 2048 - len(json.dumps(ev, separators=(",", ":")))
-ev["data"]["object"]["description"] = "x" * pad
-body = json.dumps(ev, separators=(",", ":")).encode()
-assert len(body) == 2048, len(body)
-open(path, "wb").write(body)
-print("sha256=" + hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest())
-PY
-)
-export WH_SIG
+# A 2,048-byte JSON body and its signature.
+webhook_signed_body "$WORK" "$SECRET"
 # One request by hand: must be stored.
 curl -sk "$BASE/webhooks/bench" -H "X-Signature: $WH_SIG" -H "X-Timestamp: $WH_TS" \
   -H "X-Event-Id: probe" -H 'Content-Type: application/json' --data-binary @"$WH_BODY"; echo
