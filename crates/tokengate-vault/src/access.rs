@@ -82,7 +82,8 @@ impl Caller {
 }
 
 pub(crate) struct CachedKey {
-    row: ApiKeyRow,
+    /// Shared, so that a request takes a reference, not a copy.
+    row: std::sync::Arc<ApiKeyRow>,
     fetched: Instant,
 }
 
@@ -187,14 +188,14 @@ impl Vault {
         )?)
     }
 
-    async fn lookup_key(&self, id: &str) -> Result<Option<ApiKeyRow>, VaultError> {
+    async fn lookup_key(&self, id: &str) -> Result<Option<std::sync::Arc<ApiKeyRow>>, VaultError> {
         if let Ok(cache) = self.key_cache.read()
             && let Some(c) = cache.get(id)
             && c.fetched.elapsed() < self.config.api_key_cache_ttl
         {
-            return Ok(Some(c.row.clone()));
+            return Ok(Some(std::sync::Arc::clone(&c.row)));
         }
-        let row = self.store.get_api_key(id).await?;
+        let row = self.store.get_api_key(id).await?.map(std::sync::Arc::new);
         if let (Some(r), Ok(mut cache)) = (&row, self.key_cache.write()) {
             if cache.len() > 10_000 {
                 cache.clear();
@@ -202,7 +203,7 @@ impl Vault {
             cache.insert(
                 id.to_owned(),
                 CachedKey {
-                    row: r.clone(),
+                    row: std::sync::Arc::clone(r),
                     fetched: Instant::now(),
                 },
             );
@@ -252,18 +253,18 @@ impl Vault {
                 .iter()
                 .filter_map(|r| Role::from_name(r))
                 .collect();
-            Some(Caller {
-                key_id: Ident::new(&row.id)?,
-                tenant: row.tenant.clone(),
-                roles,
-                meta: meta.clone(),
-            })
+            Some((Ident::new(&row.id)?, row.tenant.clone(), roles))
         };
-        if let Some(caller) = attempt.await {
+        if let Some((key_id, tenant, roles)) = attempt.await {
             if let Some(k) = &key_subject {
                 self.lockout.succeed(k);
             }
-            return Ok(caller);
+            return Ok(Caller {
+                key_id,
+                tenant,
+                roles,
+                meta,
+            });
         }
         let reason = if presented.is_none() {
             "missing_api_key"
