@@ -14,9 +14,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, params};
-use tokengate_audit::merkle::{Hash, record_hash};
+use tokengate_audit::merkle::{Hash, leaf_hash};
 
 use crate::StoreError;
+use crate::sqlite_writer::sqlite_sql;
 
 fn db_err(e: rusqlite::Error) -> StoreError {
     StoreError::Database(e.to_string())
@@ -50,9 +51,7 @@ impl SqliteReader {
                 .lock()
                 .map_err(|_| StoreError::Unavailable("reader lock poisoned".into()))?;
             let mut st = conn
-                .prepare_cached(
-                    "SELECT seq, event_json FROM audit_events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-                )
+                .prepare_cached(&sqlite_sql(crate::store::AUDIT_EVENT_JSON_SQL))
                 .map_err(db_err)?;
             let mut rows = st.query(params![after, limit]).map_err(db_err)?;
             let mut out = Vec::new();
@@ -64,7 +63,7 @@ impl SqliteReader {
                     .get_ref(1)
                     .and_then(|v| v.as_str().map_err(Into::into))
                     .map_err(db_err)?;
-                out.push((seq, record_hash(json.as_bytes())));
+                out.push((seq, leaf_hash(json)));
             }
             Ok(out)
         })

@@ -266,7 +266,7 @@ fn insert_audit(conn: &Connection, rec: &StoredEvent, event: &AuditEvent) -> rus
 }
 
 /// `$N` placeholders (shared with the sqlx path) as SQLite's `?N`.
-fn sqlite_sql(sql: &str) -> String {
+pub(crate) fn sqlite_sql(sql: &str) -> String {
     sql.replace('$', "?")
 }
 

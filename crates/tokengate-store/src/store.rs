@@ -537,13 +537,11 @@ impl Store {
         if let Some(reader) = &self.reader {
             return reader.audit_leaf_hashes(after, limit).await;
         }
-        let rows = sqlx::query(
-            "SELECT seq, event_json FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(AUDIT_EVENT_JSON_SQL)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| {
                 let seq = u64::try_from(r.try_get::<i64, _>(0)?)
@@ -1398,6 +1396,10 @@ async fn apply_ops(
 
 /// Compare-and-set rewrap of one record's DEK (`$1` new version, `$2`
 /// wrapped DEK, `$3` tenant, `$4` token, `$5` expected old version).
+/// The checkpointer's page of records (`audit_leaf_hashes`, both paths).
+pub(crate) const AUDIT_EVENT_JSON_SQL: &str =
+    "SELECT seq, event_json FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2";
+
 pub(crate) const REWRAP_DEK_SQL: &str = "UPDATE tokens SET kek_version = $1, wrapped_dek = $2 \
      WHERE tenant = $3 AND token = $4 AND kek_version = $5";
 /// Compare-and-set re-fingerprint (same parameters as [`REWRAP_DEK_SQL`]).

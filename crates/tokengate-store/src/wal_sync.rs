@@ -382,6 +382,14 @@ mod tests {
         std::sync::mpsc::channel()
     }
 
+    /// A `committed_then` callback that reports its outcome to `tx`.
+    fn to(tx: &std::sync::mpsc::Sender<Outcome>) -> Waiter {
+        let tx = tx.clone();
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        })
+    }
+
     #[test]
     fn callbacks_run_after_the_wal_is_synced() {
         let dir = tempfile::tempdir().unwrap();
@@ -390,10 +398,7 @@ mod tests {
         let syncer = WalSyncer::start(wal).unwrap();
         let (tx, rx) = report();
         for _ in 0..3 {
-            let tx = tx.clone();
-            syncer.committed_then(Box::new(move |r| {
-                let _ = tx.send(r);
-            }));
+            syncer.committed_then(to(&tx));
         }
         let in_time = std::time::Duration::from_secs(30);
         for _ in 0..3 {
@@ -409,16 +414,11 @@ mod tests {
         let syncer = WalSyncer::start(dir.path().join("missing-wal")).unwrap();
         let (tx, rx) = report();
         let in_time = std::time::Duration::from_secs(30);
-        let t = tx.clone();
-        syncer.committed_then(Box::new(move |r| {
-            let _ = t.send(r);
-        }));
+        syncer.committed_then(to(&tx));
         let err = rx.recv_timeout(in_time).unwrap().unwrap_err();
         assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
         // After the failure a new commit is refused at once, not left waiting.
-        syncer.committed_then(Box::new(move |r| {
-            let _ = tx.send(r);
-        }));
+        syncer.committed_then(to(&tx));
         let err = rx.recv_timeout(in_time).unwrap().unwrap_err();
         assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
     }
@@ -434,10 +434,7 @@ mod tests {
         syncer.wait_idle(std::time::Duration::from_secs(30));
         let (tx, rx) = report();
         for _ in 0..50 {
-            let tx = tx.clone();
-            syncer.committed_then(Box::new(move |r| {
-                let _ = tx.send(r);
-            }));
+            syncer.committed_then(to(&tx));
             syncer.wait_idle(std::time::Duration::from_secs(30));
         }
         for _ in 0..50 {
@@ -448,9 +445,7 @@ mod tests {
         // A failed syncer does not keep the writer waiting either.
         let failed = WalSyncer::start(dir.path().join("missing-wal")).unwrap();
         let (tx, rx) = report();
-        failed.committed_then(Box::new(move |r| {
-            let _ = tx.send(r);
-        }));
+        failed.committed_then(to(&tx));
         failed.wait_idle(std::time::Duration::from_secs(30));
         assert!(
             rx.recv_timeout(std::time::Duration::from_secs(30))
