@@ -11,14 +11,14 @@
 # instructions since the zeroing are divided by the requests wrk completed.
 #
 # Usage: [TOKENGATE_BIN=path] [DUR=15] bench/instructions-per-request.sh MODE [OUT]
-#   MODE: healthz | tokenize | webhooks | proxy-pass (the edge proxy's
+#   MODE: healthz | tokenize | reveal | webhooks | proxy-pass (the edge proxy's
 #         pass-through route in front of an nginx `return 200` upstream,
 #         card-free payload, as in proxy-bench.sh)
 #   OUT:  callgrind output prefix (default: a temporary file, removed)
 # Needs: a release build, valgrind, wrk (and nginx for proxy-pass).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MODE="${1:?healthz | tokenize | webhooks | proxy-pass}"
+MODE="${1:?healthz | tokenize | reveal | webhooks | proxy-pass}"
 BIN="${TOKENGATE_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/tokengate-target}/release/tokengate}"
 WORK="$(mktemp -d /tmp/tg-instr-XXXXXX)"
 OUT="${2:-$WORK/callgrind}"
@@ -70,6 +70,16 @@ case "$MODE" in
       -d '{"name":"bench","roles":["tokenize"]}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
     export TG_KEY
     ARGS=(-s bench/tokenize.lua "$BASE/v1/tokens") ;;
+  reveal)
+    TG_KEY=$(curl -sk "$BASE/v1/api-keys" -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' \
+      -d '{"name":"bench","roles":["tokenize","reveal"]}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+    export TG_KEY
+    # 1,000 tokens made through the batch API, revealed round robin.
+    curl -sk "$BASE/v1/tokens/batch" -H "Authorization: Bearer $TG_KEY" -H 'Content-Type: application/json' \
+      -d "$(python3 -c 'import json; print(json.dumps({"items": [{"card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030}}] * 1000}))')" \
+      | python3 -c 'import json,sys; [print(r["token"]["token"]) for r in json.load(sys.stdin)["results"]]' > "$WORK/tokens"
+    export TG_TOKENS="$WORK/tokens"
+    ARGS=(-s bench/reveal.lua "$BASE") ;;
   webhooks)
     # The same 2,048-byte body and precomputed signature as run-webhook-bench.sh.
     webhook_signed_body "$WORK" "$SECRET"

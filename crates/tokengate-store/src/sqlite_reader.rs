@@ -1,41 +1,132 @@
-//! A bulk read path for SQLite that bypasses sqlx.
+//! Reads on SQLite that bypass sqlx: the point reads of the card path
+//! (reveal's record, the deterministic-token lookup) and the Merkle
+//! checkpointer's bulk read.
 //!
-//! The Merkle checkpointer hashes every new audit record: about one record
-//! per card operation. Through sqlx each row was copied value by value on
-//! sqlx's worker thread, sent over a channel and converted again (≈ 6 % of
-//! the server's CPU under a tokenize load, see docs/BENCHMARKS.md). Here a
-//! page of records is read on one blocking thread from a dedicated
-//! connection and each record is hashed in place; only the hashes leave.
+//! Through sqlx a read is a pool checkout, a hop to the connection's worker
+//! thread and back, and a copy of every value into an `Any` row. Here a few
+//! dedicated connections with cached prepared statements answer directly.
 //!
-//! The connection is read-only by `PRAGMA query_only` and, in WAL mode,
-//! reads the latest committed snapshot, exactly as the sqlx pool does.
+//! - Point reads run on the calling thread. Each reads one row through a
+//!   unique index, and in WAL mode a reader never waits for the writer: it
+//!   sees the last committed snapshot. So the read costs microseconds, less
+//!   than the hop to another thread would (measured in docs/BENCHMARKS.md,
+//!   "Point reads without sqlx").
+//! - The checkpointer's page of records runs on a blocking thread, and each
+//!   record is hashed in place; only the hashes leave.
+//!
+//! Every connection is read-only by `PRAGMA query_only` and reads the latest
+//! committed snapshot, exactly as the sqlx pool does. A read never sees an
+//! unacknowledged write as missing: a job is acknowledged only after its
+//! transaction committed.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use tokengate_audit::merkle::{Hash, leaf_hash};
 
 use crate::StoreError;
+use crate::model::TokenRow;
 use crate::sqlite_writer::sqlite_sql;
+
+/// Connections in the pool: one per runtime worker on a 2-core machine,
+/// plus room for the checkpointer and a sweep at the same time.
+const CONNECTIONS: usize = 4;
+
+/// Busy timeout of a reader. In WAL mode a reader waits only while another
+/// connection recovers the WAL index after a crash; keep such a wait short
+/// because point reads run on a runtime worker.
+const BUSY_TIMEOUT_MS: u32 = 2_000;
 
 fn db_err(e: rusqlite::Error) -> StoreError {
     StoreError::Database(e.to_string())
 }
 
+fn poisoned() -> StoreError {
+    StoreError::Unavailable("reader lock poisoned".into())
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct SqliteReader {
-    conn: Arc<Mutex<Connection>>,
+    conns: Arc<[Mutex<Connection>]>,
+    next: Arc<AtomicUsize>,
 }
 
 impl SqliteReader {
     pub(crate) fn open(path: &Path) -> Result<SqliteReader, StoreError> {
-        let conn = Connection::open(path).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        conn.execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 10000;")
+        let mut conns = Vec::with_capacity(CONNECTIONS);
+        for _ in 0..CONNECTIONS {
+            let conn =
+                Connection::open(path).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            // A small page cache: SQLite drops a reader's whole cache
+            // whenever another connection committed since its last read,
+            // which under write load is before nearly every read, and the
+            // drop costs time in proportion to the cache.
+            conn.execute_batch(&format!(
+                "PRAGMA query_only = ON; PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}; \
+                 PRAGMA cache_size = -512;"
+            ))
             .map_err(db_err)?;
+            conn.set_prepared_statement_cache_capacity(16);
+            conns.push(Mutex::new(conn));
+        }
         Ok(SqliteReader {
-            conn: Arc::new(Mutex::new(conn)),
+            conns: conns.into(),
+            next: Arc::default(),
         })
+    }
+
+    /// A free connection if there is one, else wait for one (round robin).
+    fn conn(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.conns.len();
+        for i in 0..n {
+            match self.conns[(start + i) % n].try_lock() {
+                Ok(g) => return Ok(g),
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Poisoned(_)) => return Err(poisoned()),
+            }
+        }
+        self.conns[start % n].lock().map_err(|_| poisoned())
+    }
+
+    /// [`Store::get_token`](crate::Store::get_token) on a reader connection.
+    pub(crate) fn get_token(
+        &self,
+        tenant: &str,
+        token: &str,
+        now: i64,
+    ) -> Result<Option<TokenRow>, StoreError> {
+        let conn = self.conn()?;
+        let mut st = conn
+            .prepare_cached(&sqlite_sql(crate::store::GET_TOKEN_SQL))
+            .map_err(db_err)?;
+        st.query_row(params![tenant, token, now], |r| {
+            let has_cvc = r.get::<_, i64>(16)? > 0;
+            Ok(token_row(r, has_cvc))
+        })
+        .optional()
+        .map_err(db_err)?
+        .transpose()
+    }
+
+    /// [`Store::find_deterministic`](crate::Store::find_deterministic) on a
+    /// reader connection.
+    pub(crate) fn find_deterministic(
+        &self,
+        tenant: &str,
+        format: &str,
+        fp: &[u8],
+    ) -> Result<Option<TokenRow>, StoreError> {
+        let conn = self.conn()?;
+        let mut st = conn
+            .prepare_cached(&sqlite_sql(crate::store::FIND_DETERMINISTIC_SQL))
+            .map_err(db_err)?;
+        st.query_row(params![tenant, format, fp], |r| Ok(token_row(r, false)))
+            .optional()
+            .map_err(db_err)?
+            .transpose()
     }
 
     /// `(seq, RFC 6962 leaf hash of event_json)` of the records after
@@ -45,11 +136,9 @@ impl SqliteReader {
         after: i64,
         limit: i64,
     ) -> Result<Vec<(u64, Hash)>, StoreError> {
-        let conn = Arc::clone(&self.conn);
+        let reader = self.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = conn
-                .lock()
-                .map_err(|_| StoreError::Unavailable("reader lock poisoned".into()))?;
+            let conn = reader.conn()?;
             let mut st = conn
                 .prepare_cached(&sqlite_sql(crate::store::AUDIT_EVENT_JSON_SQL))
                 .map_err(db_err)?;
@@ -70,4 +159,34 @@ impl SqliteReader {
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
+}
+
+fn narrow<T: TryFrom<i64>>(r: &Row<'_>, i: usize, what: &str) -> Result<T, StoreError> {
+    let v: i64 = r.get(i).map_err(db_err)?;
+    T::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} out of range")))
+}
+
+/// A row selected with the token columns of `store::token_columns!`.
+fn token_row(r: &Row<'_>, has_cvc: bool) -> Result<TokenRow, StoreError> {
+    let get = |i| r.get(i).map_err(db_err);
+    let get_bytes = |i| r.get::<_, Vec<u8>>(i).map_err(db_err);
+    Ok(TokenRow {
+        tenant: get(0)?,
+        token: get(1)?,
+        format: get(2)?,
+        deterministic: narrow::<i64>(r, 3, "deterministic")? != 0,
+        fingerprint: get_bytes(4)?,
+        fp_version: narrow(r, 5, "fp_version")?,
+        kek_version: narrow(r, 6, "kek_version")?,
+        wrapped_dek: get_bytes(7)?,
+        ciphertext: get_bytes(8)?,
+        brand: get(9)?,
+        bin: get(10)?,
+        last4: get(11)?,
+        exp_month: narrow(r, 12, "exp_month")?,
+        exp_year: narrow(r, 13, "exp_year")?,
+        metadata: r.get(14).map_err(db_err)?,
+        created_at: r.get(15).map_err(db_err)?,
+        has_cvc,
+    })
 }

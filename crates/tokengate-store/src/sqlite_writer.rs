@@ -49,9 +49,17 @@ impl SqliteWriter {
         // is fsynced by the syncer thread before any commit is acknowledged,
         // so SQLite itself need not fsync on commit (NORMAL still syncs
         // around checkpoints).
+        //
+        // Page cache: 16 MiB, not more. When a B-tree rebalance reorders
+        // pages, SQLite parks one under a page number past the end of the
+        // file, and the commit then sweeps the whole page cache to drop it.
+        // That sweep is proportional to the cache: with 128 MiB it took
+        // 21 % of the server's CPU under a reveal load, 4 % with 16 MiB,
+        // while pages read from the OS cache instead cost < 0.2 % (see
+        // docs/BENCHMARKS.md, "The writer's page cache").
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; \
-             PRAGMA secure_delete = ON; PRAGMA foreign_keys = ON; PRAGMA cache_size = -131072; \
+             PRAGMA secure_delete = ON; PRAGMA foreign_keys = ON; PRAGMA cache_size = -16384; \
              PRAGMA temp_store = MEMORY;",
         )
         .map_err(db_err)?;

@@ -55,9 +55,32 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
-const TOKEN_COLUMNS: &str = "t.tenant, t.token, t.format, t.deterministic, t.fingerprint, t.fp_version, \
-    t.kek_version, t.wrapped_dek, t.ciphertext, t.brand, t.bin, t.last4, t.exp_month, t.exp_year, \
-    t.metadata, t.created_at";
+/// The columns of a [`TokenRow`], in the order `token_row` and
+/// `sqlite_reader::token_row` read them.
+macro_rules! token_columns {
+    () => {
+        "t.tenant, t.token, t.format, t.deterministic, t.fingerprint, t.fp_version, \
+         t.kek_version, t.wrapped_dek, t.ciphertext, t.brand, t.bin, t.last4, t.exp_month, t.exp_year, \
+         t.metadata, t.created_at"
+    };
+}
+const TOKEN_COLUMNS: &str = token_columns!();
+
+/// One token record, and (column 16) how many unexpired CVCs it holds at `$3`.
+pub(crate) const GET_TOKEN_SQL: &str = concat!(
+    "SELECT ",
+    token_columns!(),
+    ", (SELECT COUNT(*) FROM cvcs c WHERE c.tenant = t.tenant AND c.token = t.token \
+     AND c.expires_at > $3) FROM tokens t WHERE t.tenant = $1 AND t.token = $2"
+);
+
+/// The deterministic token of a format for a fingerprint.
+pub(crate) const FIND_DETERMINISTIC_SQL: &str = concat!(
+    "SELECT ",
+    token_columns!(),
+    " FROM tokens t WHERE t.tenant = $1 AND t.format = $2 AND t.fingerprint = $3 \
+     AND t.deterministic = 1"
+);
 
 fn token_row(r: &AnyRow, has_cvc: bool) -> Result<TokenRow, StoreError> {
     Ok(TokenRow {
@@ -276,11 +299,10 @@ impl Store {
         token: &str,
         now: i64,
     ) -> Result<Option<TokenRow>, StoreError> {
-        let sql = format!(
-            "SELECT {TOKEN_COLUMNS}, (SELECT COUNT(*) FROM cvcs c WHERE c.tenant = t.tenant AND c.token = t.token \
-             AND c.expires_at > $3) FROM tokens t WHERE t.tenant = $1 AND t.token = $2"
-        );
-        let row = sqlx::query(AssertSqlSafe(sql))
+        if let Some(reader) = &self.reader {
+            return reader.get_token(tenant, token, now);
+        }
+        let row = sqlx::query(GET_TOKEN_SQL)
             .bind(tenant)
             .bind(token)
             .bind(now)
@@ -320,11 +342,10 @@ impl Store {
         format: &str,
         fp: &[u8],
     ) -> Result<Option<TokenRow>, StoreError> {
-        let sql = format!(
-            "SELECT {TOKEN_COLUMNS} FROM tokens t WHERE t.tenant = $1 AND t.format = $2 AND t.fingerprint = $3 \
-             AND t.deterministic = 1"
-        );
-        let row = sqlx::query(AssertSqlSafe(sql))
+        if let Some(reader) = &self.reader {
+            return reader.find_deterministic(tenant, format, fp);
+        }
+        let row = sqlx::query(FIND_DETERMINISTIC_SQL)
             .bind(tenant)
             .bind(format)
             .bind(fp.to_vec())
