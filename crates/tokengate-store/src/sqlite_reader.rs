@@ -31,7 +31,7 @@ use crate::model::TokenRow;
 use crate::sqlite_writer::sqlite_sql;
 
 /// Connections in the pool: one per runtime worker on a 2-core machine,
-/// plus room for the checkpointer and a sweep at the same time.
+/// plus room for the Merkle checkpointer's bulk read at the same time.
 const CONNECTIONS: usize = 4;
 
 /// Busy timeout of a reader. In WAL mode a reader waits only while another
