@@ -21,7 +21,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, TryLockError};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use tokengate_audit::merkle::{Hash, leaf_hash};
@@ -38,6 +38,12 @@ const CONNECTIONS: usize = 4;
 /// connection recovers the WAL index after a crash; keep such a wait short
 /// because point reads run on a runtime worker.
 const BUSY_TIMEOUT_MS: u32 = 2_000;
+
+/// The point reads' SQL in SQLite's `?N` form, converted once (they run
+/// on every reveal).
+static GET_TOKEN_SQL: LazyLock<String> = LazyLock::new(|| sqlite_sql(crate::store::GET_TOKEN_SQL));
+static FIND_DETERMINISTIC_SQL: LazyLock<String> =
+    LazyLock::new(|| sqlite_sql(crate::store::FIND_DETERMINISTIC_SQL));
 
 fn db_err(e: rusqlite::Error) -> StoreError {
     StoreError::Database(e.to_string())
@@ -99,9 +105,7 @@ impl SqliteReader {
         now: i64,
     ) -> Result<Option<TokenRow>, StoreError> {
         let conn = self.conn()?;
-        let mut st = conn
-            .prepare_cached(&sqlite_sql(crate::store::GET_TOKEN_SQL))
-            .map_err(db_err)?;
+        let mut st = conn.prepare_cached(&GET_TOKEN_SQL).map_err(db_err)?;
         st.query_row(params![tenant, token, now], |r| {
             let has_cvc = r.get::<_, i64>(16)? > 0;
             Ok(token_row(r, has_cvc))
@@ -121,7 +125,7 @@ impl SqliteReader {
     ) -> Result<Option<TokenRow>, StoreError> {
         let conn = self.conn()?;
         let mut st = conn
-            .prepare_cached(&sqlite_sql(crate::store::FIND_DETERMINISTIC_SQL))
+            .prepare_cached(&FIND_DETERMINISTIC_SQL)
             .map_err(db_err)?;
         st.query_row(params![tenant, format, fp], |r| Ok(token_row(r, false)))
             .optional()
@@ -174,7 +178,7 @@ fn token_row(r: &Row<'_>, has_cvc: bool) -> Result<TokenRow, StoreError> {
         tenant: get(0)?,
         token: get(1)?,
         format: get(2)?,
-        deterministic: narrow::<i64>(r, 3, "deterministic")? != 0,
+        deterministic: r.get::<_, i64>(3).map_err(db_err)? != 0,
         fingerprint: get_bytes(4)?,
         fp_version: narrow(r, 5, "fp_version")?,
         kek_version: narrow(r, 6, "kek_version")?,
