@@ -41,8 +41,9 @@ const BUSY_TIMEOUT_MS: u32 = 2_000;
 
 /// The point reads' SQL in SQLite's `?N` form, converted once (they run
 /// on every reveal).
-static GET_TOKEN_SQL: LazyLock<String> = LazyLock::new(|| sqlite_sql(crate::store::GET_TOKEN_SQL));
-static FIND_DETERMINISTIC_SQL: LazyLock<String> =
+static GET_TOKEN_SQLITE: LazyLock<String> =
+    LazyLock::new(|| sqlite_sql(crate::store::GET_TOKEN_SQL));
+static FIND_DETERMINISTIC_SQLITE: LazyLock<String> =
     LazyLock::new(|| sqlite_sql(crate::store::FIND_DETERMINISTIC_SQL));
 
 fn db_err(e: rusqlite::Error) -> StoreError {
@@ -105,7 +106,7 @@ impl SqliteReader {
         now: i64,
     ) -> Result<Option<TokenRow>, StoreError> {
         let conn = self.conn()?;
-        let mut st = conn.prepare_cached(&GET_TOKEN_SQL).map_err(db_err)?;
+        let mut st = conn.prepare_cached(&GET_TOKEN_SQLITE).map_err(db_err)?;
         st.query_row(params![tenant, token, now], |r| {
             let has_cvc = r.get::<_, i64>(16)? > 0;
             Ok(token_row(r, has_cvc))
@@ -125,7 +126,7 @@ impl SqliteReader {
     ) -> Result<Option<TokenRow>, StoreError> {
         let conn = self.conn()?;
         let mut st = conn
-            .prepare_cached(&FIND_DETERMINISTIC_SQL)
+            .prepare_cached(&FIND_DETERMINISTIC_SQLITE)
             .map_err(db_err)?;
         st.query_row(params![tenant, format, fp], |r| Ok(token_row(r, false)))
             .optional()
