@@ -18,6 +18,10 @@ use std::process::ExitCode;
 
 mod audit_cmd;
 
+/// mimalloc instead of glibc's malloc (measured: docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use audit_cmd::AuditCmd;
 mod certs;
 mod keys_cmd;
