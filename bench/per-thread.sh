@@ -61,7 +61,7 @@ out=$(/usr/bin/time -f "wrkcpu %U %S" wrk -t2 -c"$CONN" -d"${DUR}s" --latency "$
 s1=$(snap); w1=$(awk '/^write_bytes/{print $2}' "/proc/$PID/io"); c1=$(awk '{print $14+$15}' "/proc/$PID/stat")
 wait "$SCRAPE"
 n=$(echo "$out" | awk '/requests in/{print $1}')
-echo "$MODE, $CONN connections: $(echo "$out" | awk '/Requests\/sec/{printf "%s req/s, ", $2} / 50%/{printf "p50 %s, ", $2} / 99%/{printf "p99 %s", $2}')"
+echo "$MODE, $CONN connections: $(echo "$out" | awk '/Requests\/sec/{r=$2} / 50%/{p50=$2} / 99%/{p99=$2} END{printf "%s req/s, p50 %s, p99 %s", r, p50, p99}')"
 echo "per request: server CPU $(( (c1 - c0) * 1000000 / TICK / n )) us, disk writes $(( (w1 - w0) / n )) bytes, \
 $(echo "$out" | awk -v n="$n" '/wrkcpu/{printf "wrk CPU %.1f us", ($2 + $3) * 1e6 / n}')"
 join <(echo "$s0") <(echo "$s1") | awk -v n="$n" -v d="$DUR" -v tick="$TICK" \
