@@ -22,6 +22,13 @@ use crate::store::{HeadSigner, Store};
 
 type Reply = oneshot::Sender<Result<JobResult, StoreError>>;
 
+/// What the committer's queue carries.
+enum Msg {
+    Job(Job, Reply),
+    /// An fsync of the WAL ended (SQLite's writer thread waits for it).
+    Synced,
+}
+
 /// Rewrites an audit event before it is committed (e.g. replaces fields by
 /// keyed hashes). Runs on the submitting task, not on the writer.
 pub type EventFilter = Arc<dyn Fn(&mut AuditEvent) + Send + Sync>;
@@ -29,7 +36,7 @@ pub type EventFilter = Arc<dyn Fn(&mut AuditEvent) + Send + Sync>;
 /// Handle to the committer task. Cheap to clone.
 #[derive(Clone)]
 pub struct GroupCommitter {
-    tx: mpsc::Sender<(Job, Reply)>,
+    tx: mpsc::Sender<Msg>,
     filter: Option<EventFilter>,
     /// Reasons the audit trail cannot be trusted right now (e.g. a
     /// fail-closed drain is down). While any is set, jobs that write audit
@@ -60,9 +67,11 @@ impl GroupCommitter {
         max_batch: usize,
         filter: Option<EventFilter>,
     ) -> GroupCommitter {
-        let (tx, rx) = mpsc::channel::<(Job, Reply)>(max_batch * 4);
+        let (tx, rx) = mpsc::channel::<Msg>(max_batch * 4);
         let rx = match store.sqlite_writer().cloned() {
-            Some(writer) => spawn_writer_thread(writer, rx, signer.clone(), max_batch),
+            Some(writer) => {
+                spawn_writer_thread(writer, rx, tx.downgrade(), signer.clone(), max_batch)
+            }
             None => Some(rx),
         };
         if let Some(rx) = rx {
@@ -114,7 +123,7 @@ impl GroupCommitter {
         }
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send((job, reply))
+            .send(Msg::Job(job, reply))
             .await
             .map_err(|_| StoreError::CommitterStopped)?;
         rx.await.map_err(|_| StoreError::CommitterStopped)?
@@ -124,7 +133,7 @@ impl GroupCommitter {
 /// Take the job `first` and every job already waiting, up to `max_batch`.
 fn take_batch(
     first: (Job, Reply),
-    rx: &mut mpsc::Receiver<(Job, Reply)>,
+    rx: &mut mpsc::Receiver<Msg>,
     max_batch: usize,
 ) -> (Vec<Job>, Vec<Reply>) {
     let mut jobs = Vec::with_capacity(max_batch);
@@ -134,10 +143,11 @@ fn take_batch(
     replies.push(reply);
     while jobs.len() < max_batch {
         match rx.try_recv() {
-            Ok((job, reply)) => {
+            Ok(Msg::Job(job, reply)) => {
                 jobs.push(job);
                 replies.push(reply);
             }
+            Ok(Msg::Synced) => {}
             Err(_) => break,
         }
     }
@@ -162,20 +172,22 @@ fn answer(
     }
 }
 
-/// SQLite: one OS thread takes batches off the queue and commits each on
-/// the writer connection itself; the WAL sync thread answers the batch once
-/// it is on disk. Per batch that is one wake-up of this thread (none while
-/// jobs keep arriving) and one of the sync thread, instead of a hop to the
-/// blocking pool and back and a task per batch waiting for the sync. While
-/// a batch syncs, the jobs arriving meanwhile gather into the next one
-/// (`SqliteWriter::wait_sync_idle`). Gives `rx` back if the thread cannot be
-/// started.
+/// SQLite: one OS thread takes jobs off the queue and commits them on the
+/// writer connection itself; the WAL sync thread answers each batch once
+/// it is on disk. While an fsync runs the thread keeps its batch open and
+/// applies the jobs arriving meanwhile, and commits as soon as the fsync
+/// ends (`SqliteWriter::commit_gathering`; the sync thread's hook puts a
+/// `Synced` on the queue to wake it). Per batch that is one wake-up of this
+/// thread (none while jobs keep arriving) and one of the sync thread,
+/// instead of a hop to the blocking pool and back and a task per batch
+/// waiting for the sync. Gives `rx` back if the thread cannot be started.
 fn spawn_writer_thread(
     writer: crate::sqlite_writer::SqliteWriter,
-    rx: mpsc::Receiver<(Job, Reply)>,
+    rx: mpsc::Receiver<Msg>,
+    wake: mpsc::WeakSender<Msg>,
     signer: Arc<dyn HeadSigner>,
     max_batch: usize,
-) -> Option<mpsc::Receiver<(Job, Reply)>> {
+) -> Option<mpsc::Receiver<Msg>> {
     // The receiver moves into the thread only once it is running; if the
     // spawn fails it comes back through this slot.
     let slot = Arc::new(std::sync::Mutex::new(Some(rx)));
@@ -188,17 +200,42 @@ fn spawn_writer_thread(
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .take();
             let Some(mut rx) = taken else { return };
+            // A weak handle: the queue still closes when every
+            // `GroupCommitter` is gone. A full queue drops the wake-up,
+            // but then a job is waiting, which wakes the thread as well.
+            writer.on_synced(Box::new(move || {
+                if let Some(tx) = wake.upgrade() {
+                    let _ = tx.try_send(Msg::Synced);
+                }
+            }));
             // Ends when every `GroupCommitter` handle is gone.
-            while let Some(first) = rx.blocking_recv() {
-                // While an fsync runs, let the jobs arriving meanwhile gather
-                // into one commit (they wait for the next fsync either way).
-                writer.wait_sync_idle();
-                let (jobs, replies) = take_batch(first, &mut rx, max_batch);
+            while let Some(msg) = rx.blocking_recv() {
+                let Msg::Job(job, reply) = msg else { continue };
                 let started = std::time::Instant::now();
-                metrics::histogram!("tokengate_store_commit_jobs").record(jobs.len() as f64);
-                writer.commit_then(&jobs, signer.as_ref(), move |result| {
-                    answer(replies, result, started);
-                });
+                let mut next = |block: bool| loop {
+                    let msg = if block {
+                        rx.blocking_recv()
+                    } else {
+                        rx.try_recv().ok()
+                    };
+                    match msg {
+                        Some(Msg::Job(job, reply)) => return Some((job, reply)),
+                        // Stale unless we are waiting for it.
+                        Some(Msg::Synced) if !block => {}
+                        Some(Msg::Synced) | None => return None,
+                    }
+                };
+                writer.commit_gathering(
+                    (job, reply),
+                    max_batch,
+                    &mut next,
+                    signer.as_ref(),
+                    move |replies, result| {
+                        metrics::histogram!("tokengate_store_commit_jobs")
+                            .record(replies.len() as f64);
+                        answer(replies, result, started);
+                    },
+                );
             }
         });
     match spawned {
@@ -218,12 +255,13 @@ fn spawn_writer_thread(
 /// once durable while the loop already commits the next.
 async fn commit_loop(
     store: Store,
-    mut rx: mpsc::Receiver<(Job, Reply)>,
+    mut rx: mpsc::Receiver<Msg>,
     signer: Arc<dyn HeadSigner>,
     max_batch: usize,
 ) {
-    while let Some(first) = rx.recv().await {
-        let (jobs, replies) = take_batch(first, &mut rx, max_batch);
+    while let Some(msg) = rx.recv().await {
+        let Msg::Job(job, reply) = msg else { continue };
+        let (jobs, replies) = take_batch((job, reply), &mut rx, max_batch);
         let started = std::time::Instant::now();
         metrics::histogram!("tokengate_store_commit_jobs").record(jobs.len() as f64);
         match store.commit_pipelined(jobs, signer.clone()).await {

@@ -108,40 +108,122 @@ impl SqliteWriter {
     }
 }
 
+/// How long the writer keeps gathering jobs into an open batch while an
+/// fsync runs, at most: past it the batch commits anyway.
+const MAX_GATHER: std::time::Duration = std::time::Duration::from_millis(5);
+
 impl SqliteWriter {
-    /// Block while the WAL sync thread is in an fsync (at most a few
-    /// milliseconds; see `WalSyncer::wait_idle`).
-    pub(crate) fn wait_sync_idle(&self) {
-        self.syncer.wait_idle(std::time::Duration::from_millis(5));
+    /// Call `hook` after every WAL fsync (it must not block): the writer
+    /// thread's wake-up when it gathers a batch.
+    pub(crate) fn on_synced(&self, hook: crate::wal_sync::SyncedHook) {
+        self.syncer.on_synced(hook);
     }
 
-    /// Commit `jobs` in one transaction on the calling thread (the group
-    /// committer's writer thread). `then` gets the results once the commit
-    /// is on disk, from the WAL sync thread; on a failed commit it gets the
-    /// error at once. Nothing is acknowledged before `then` runs.
-    pub(crate) fn commit_then(
+    /// The group committer's writer thread: commit `first` and every job
+    /// that arrives while the WAL sync thread is in an fsync, in one
+    /// transaction, applying each job as it arrives.
+    ///
+    /// A commit made during an fsync could not be acknowledged before the
+    /// next fsync anyway, so the batch stays open while one runs: the jobs
+    /// arriving meanwhile join it (fewer, larger commits, each writing its
+    /// dirty pages to the WAL once) and their statements run while the
+    /// disk works. When the fsync ends the batch takes whatever is queued
+    /// and commits at once; with no fsync running it commits at once. At
+    /// most `max_batch` jobs, and at most [`MAX_GATHER`] of waiting.
+    ///
+    /// `next(block)` hands over the next job and its tag: without `block`
+    /// only one already queued; with `block` it waits for a job or for the
+    /// end of an fsync (`None`, see [`on_synced`](Self::on_synced)).
+    /// `then` gets every tag and the results once the commit is on disk
+    /// (on the WAL sync thread), or the error at once. Nothing is
+    /// acknowledged before `then` runs.
+    pub(crate) fn commit_gathering<R: Send + 'static>(
         &self,
-        jobs: &[Job],
+        first: (Job, R),
+        max_batch: usize,
+        next: &mut dyn FnMut(bool) -> Option<(Job, R)>,
         signer: &dyn HeadSigner,
-        then: impl FnOnce(Result<Vec<JobResult>, StoreError>) + Send + 'static,
+        then: impl FnOnce(Vec<R>, Result<Vec<JobResult>, StoreError>) + Send + 'static,
     ) {
+        let (job, tag) = first;
+        let mut jobs = vec![job];
+        let mut tags = vec![tag];
         if let Err(e) = self.syncer.check() {
-            return then(Err(e));
+            return then(tags, Err(e));
         }
         let mut guard = match self.conn.lock() {
             Ok(g) => g,
-            Err(_) => return then(Err(StoreError::Database("writer lock poisoned".into()))),
+            Err(_) => {
+                return then(
+                    tags,
+                    Err(StoreError::Database("writer lock poisoned".into())),
+                );
+            }
         };
-        match commit_sync(&mut guard, jobs, signer) {
+        let deadline = std::time::Instant::now() + MAX_GATHER;
+        // Optimistic first, as in `commit_sync`; a conflict redoes every job
+        // gathered so far with savepoints and goes on gathering.
+        let mut savepoints = false;
+        let result = loop {
+            match self.gather(
+                &mut guard, &mut jobs, &mut tags, max_batch, next, deadline, savepoints, signer,
+            ) {
+                Ok(results) => break Ok(results),
+                Err(Retry::WithSavepoints) if !savepoints => savepoints = true,
+                Err(Retry::WithSavepoints) => {
+                    break Err(StoreError::Database("conflict outside a savepoint".into()));
+                }
+                Err(Retry::Fail(e)) => break Err(e),
+            }
+        };
+        match result {
             // Still under the connection lock: generations follow WAL order.
             Ok(results) => self
                 .syncer
-                .committed_then(Box::new(move |synced| then(synced.map(|()| results)))),
+                .committed_then(Box::new(move |synced| then(tags, synced.map(|()| results)))),
             Err(e) => {
                 drop(guard);
-                then(Err(e));
+                then(tags, Err(e));
             }
         }
+    }
+
+    /// One attempt of [`commit_gathering`](Self::commit_gathering): apply
+    /// the jobs gathered so far, gather more while an fsync runs, commit.
+    #[allow(clippy::too_many_arguments)]
+    fn gather<R>(
+        &self,
+        conn: &mut Connection,
+        jobs: &mut Vec<Job>,
+        tags: &mut Vec<R>,
+        max_batch: usize,
+        next: &mut dyn FnMut(bool) -> Option<(Job, R)>,
+        deadline: std::time::Instant,
+        savepoints: bool,
+        signer: &dyn HeadSigner,
+    ) -> Result<Vec<JobResult>, Retry> {
+        let mut batch = OpenBatch::begin(conn, savepoints)?;
+        for job in jobs.iter() {
+            batch.apply(job)?;
+        }
+        while jobs.len() < max_batch {
+            let wait = self.syncer.is_syncing() && std::time::Instant::now() < deadline;
+            match next(wait) {
+                Some((job, tag)) => {
+                    // Kept before it is applied: a redo with savepoints
+                    // must include it.
+                    jobs.push(job);
+                    tags.push(tag);
+                    if let Some(job) = jobs.last() {
+                        batch.apply(job)?;
+                    }
+                }
+                // An fsync ended (or the queue closed): look again.
+                None if wait => {}
+                None => break,
+            }
+        }
+        Ok(batch.commit(signer)?)
     }
 }
 
@@ -183,36 +265,68 @@ fn commit_attempt(
     signer: &dyn HeadSigner,
     savepoints: bool,
 ) -> Result<Vec<JobResult>, Retry> {
-    // Dropping `tx` without `commit` rolls back (rusqlite default).
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    let head: Option<(i64, Vec<u8>)> = tx
-        .prepare_cached("SELECT seq, hash FROM audit_head WHERE id = 1")
-        .and_then(|mut st| st.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional())
-        .map_err(db_err)?;
-    let (mut seq, mut prev): (u64, ChainHash) = match head {
-        Some((s, h)) => (
-            u64::try_from(s).map_err(|_| StoreError::Corrupt("seq".into()))?,
-            h.try_into()
-                .map_err(|_| StoreError::Corrupt("hash is not 32 bytes".into()))?,
-        ),
-        None => (0, GENESIS),
-    };
-    let start_seq = seq;
-    let mut results = Vec::with_capacity(jobs.len());
-    // Savepoints by cached statements on the transaction's connection.
-    let sp = |sql: &str| -> Result<(), StoreError> {
-        tx.prepare_cached(sql)
+    let mut batch = OpenBatch::begin(conn, savepoints)?;
+    for job in jobs {
+        batch.apply(job)?;
+    }
+    Ok(batch.commit(signer)?)
+}
+
+/// A write transaction that jobs are applied to one at a time, then
+/// committed: the batch's audit records extend the chain from its head.
+struct OpenBatch<'c> {
+    /// Dropping it without `commit` rolls back (rusqlite default).
+    tx: rusqlite::Transaction<'c>,
+    savepoints: bool,
+    seq: u64,
+    prev: ChainHash,
+    start_seq: u64,
+    results: Vec<JobResult>,
+}
+
+impl<'c> OpenBatch<'c> {
+    fn begin(conn: &'c mut Connection, savepoints: bool) -> Result<OpenBatch<'c>, StoreError> {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let head: Option<(i64, Vec<u8>)> = tx
+            .prepare_cached("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .and_then(|mut st| st.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+            .map_err(db_err)?;
+        let (seq, prev): (u64, ChainHash) = match head {
+            Some((s, h)) => (
+                u64::try_from(s).map_err(|_| StoreError::Corrupt("seq".into()))?,
+                h.try_into()
+                    .map_err(|_| StoreError::Corrupt("hash is not 32 bytes".into()))?,
+            ),
+            None => (0, GENESIS),
+        };
+        Ok(OpenBatch {
+            tx,
+            savepoints,
+            seq,
+            prev,
+            start_seq: seq,
+            results: Vec::new(),
+        })
+    }
+
+    /// A savepoint statement, by cached statement.
+    fn sp(&self, sql: &str) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(sql)
             .and_then(|mut st| st.execute([]))
             .map(|_| ())
             .map_err(db_err)
-    };
-    for job in jobs {
-        if savepoints {
-            sp("SAVEPOINT job")?;
+    }
+
+    /// Apply one job (its ops, then its audit records). Without savepoints
+    /// a uniqueness conflict asks for the whole batch again with them.
+    fn apply(&mut self, job: &Job) -> Result<(), Retry> {
+        if self.savepoints {
+            self.sp("SAVEPOINT job")?;
         }
-        let outcome = match apply_ops(&tx, &job.ops) {
+        let outcome = match apply_ops(&self.tx, &job.ops) {
             Ok(outputs) => {
                 let conditional = job
                     .events_if_affected
@@ -220,11 +334,11 @@ fn commit_attempt(
                     .filter(|(i, _)| outputs.get(*i).is_some_and(|o| o.affected() > 0))
                     .map(|(_, e)| e);
                 for event in job.events.iter().chain(conditional) {
-                    let rec = link(seq, prev, event);
-                    insert_audit(&tx, &rec, event)
+                    let rec = link(self.seq, self.prev, event);
+                    insert_audit(&self.tx, &rec, event)
                         .map_err(|e| StoreError::AuditWrite(e.to_string()))?;
-                    seq = rec.seq;
-                    prev = rec.hash;
+                    self.seq = rec.seq;
+                    self.prev = rec.hash;
                 }
                 Ok(outputs)
             }
@@ -232,35 +346,42 @@ fn commit_attempt(
         };
         match outcome {
             Ok(outputs) => {
-                if savepoints {
-                    sp("RELEASE SAVEPOINT job")?;
+                if self.savepoints {
+                    self.sp("RELEASE SAVEPOINT job")?;
                 }
-                results.push(Ok(outputs));
+                self.results.push(Ok(outputs));
+                Ok(())
             }
             Err(e) if is_unique(&e) => {
-                if !savepoints {
-                    // Dropping `tx` rolls this attempt back.
+                if !self.savepoints {
                     return Err(Retry::WithSavepoints);
                 }
-                sp("ROLLBACK TO SAVEPOINT job")?;
-                sp("RELEASE SAVEPOINT job")?;
-                results.push(Err(JobError::Conflict));
+                self.sp("ROLLBACK TO SAVEPOINT job")?;
+                self.sp("RELEASE SAVEPOINT job")?;
+                self.results.push(Err(JobError::Conflict));
+                Ok(())
             }
-            Err(e) => return Err(Retry::Fail(db_err(e))),
+            Err(e) => Err(Retry::Fail(db_err(e))),
         }
     }
-    if seq != start_seq {
-        let sig = signer.sign(seq, &prev);
-        tx.prepare_cached(
-            "INSERT INTO audit_head (id, seq, hash, signature) VALUES (1, ?1, ?2, ?3) \
-             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, signature = excluded.signature",
-        )
-        .and_then(|mut st| st.execute(params![seq as i64, prev.as_slice(), sig]))
-        .map_err(|e| StoreError::AuditWrite(e.to_string()))?;
+
+    /// Sign the new chain head (if records were added) and commit.
+    fn commit(self, signer: &dyn HeadSigner) -> Result<Vec<JobResult>, StoreError> {
+        if self.seq != self.start_seq {
+            let sig = signer.sign(self.seq, &self.prev);
+            self.tx
+                .prepare_cached(
+                    "INSERT INTO audit_head (id, seq, hash, signature) VALUES (1, ?1, ?2, ?3) \
+                     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, signature = excluded.signature",
+                )
+                .and_then(|mut st| st.execute(params![self.seq as i64, self.prev.as_slice(), sig]))
+                .map_err(|e| StoreError::AuditWrite(e.to_string()))?;
+        }
+        self.tx
+            .commit()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok(self.results)
     }
-    tx.commit()
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    Ok(results)
 }
 
 fn insert_audit(conn: &Connection, rec: &StoredEvent, event: &AuditEvent) -> rusqlite::Result<()> {

@@ -78,13 +78,24 @@ impl std::fmt::Debug for Pending {
     }
 }
 
-#[derive(Debug)]
+/// Called by the sync thread after every fsync (see [`WalSyncer::on_synced`]).
+pub(crate) type SyncedHook = Box<dyn Fn() + Send + Sync>;
+
 struct Shared {
     pending: Mutex<Pending>,
     /// Wakes the sync thread (a commit to sync, or shutdown).
     wake: Condvar,
-    /// Signalled after every fsync (see [`WalSyncer::wait_idle`]).
-    idle: Condvar,
+    /// Told after every fsync: the writer thread, which keeps a batch
+    /// open while an fsync runs (`SqliteWriter::commit_gathering`).
+    on_synced: Mutex<Option<SyncedHook>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("pending", &self.pending)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Owner of the sync thread; dropping it stops the thread.
@@ -144,7 +155,7 @@ impl WalSyncer {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
-            idle: Condvar::new(),
+            on_synced: Mutex::new(None),
         });
         let (tx, rx) = watch::channel(Synced::default());
         let thread_shared = shared.clone();
@@ -219,25 +230,24 @@ impl WalSyncer {
     /// join one larger commit instead of several small ones: each commit
     /// writes its dirty pages to the WAL whole, so fewer commits write (and
     /// later checkpoint and fsync) fewer bytes per job.
-    pub(crate) fn wait_idle(&self, max: std::time::Duration) {
-        let deadline = std::time::Instant::now() + max;
-        let mut p = self
+    /// Whether an fsync is running now.
+    pub(crate) fn is_syncing(&self) -> bool {
+        let p = self
             .shared
             .pending
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        while p.syncing && p.failed.is_none() {
-            let now = std::time::Instant::now();
-            if now >= deadline {
-                return;
-            }
-            p = self
-                .shared
-                .idle
-                .wait_timeout(p, deadline - now)
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
-        }
+        p.syncing && p.failed.is_none()
+    }
+
+    /// Call `hook` on the sync thread after every fsync, successful or not
+    /// (replaces an earlier hook). It must not block.
+    pub(crate) fn on_synced(&self, hook: SyncedHook) {
+        *self
+            .shared
+            .on_synced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(hook);
     }
 }
 
@@ -328,7 +338,14 @@ fn take_waiters(
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         take(&mut p)
     };
-    shared.idle.notify_all();
+    if let Some(hook) = shared
+        .on_synced
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+    {
+        hook();
+    }
     taken
 }
 
@@ -424,34 +441,40 @@ mod tests {
     }
 
     #[test]
-    fn waiting_for_an_idle_syncer_ends() {
+    fn the_synced_hook_runs_after_every_fsync_and_ends_syncing() {
         let dir = tempfile::tempdir().unwrap();
         let wal = dir.path().join("db-wal");
         std::fs::write(&wal, b"frames").unwrap();
         let syncer = WalSyncer::start(wal).unwrap();
-        // Nothing to sync: returns at once. With commits in flight: returns
-        // once their fsync is done (or the bound passes), never hangs.
-        syncer.wait_idle(std::time::Duration::from_secs(30));
+        let (hook_tx, hook_rx) = std::sync::mpsc::channel();
+        let hook_tx = Mutex::new(hook_tx);
+        syncer.on_synced(Box::new(move || {
+            let _ = hook_tx.lock().unwrap().send(());
+        }));
+        assert!(!syncer.is_syncing(), "nothing to sync yet");
         let (tx, rx) = report();
-        for _ in 0..50 {
+        let in_time = std::time::Duration::from_secs(30);
+        for _ in 0..20 {
             syncer.committed_then(to(&tx));
-            syncer.wait_idle(std::time::Duration::from_secs(30));
+            // The hook runs once the fsync covering this commit is done,
+            // and by then the syncer no longer counts as syncing.
+            hook_rx.recv_timeout(in_time).unwrap();
+            rx.recv_timeout(in_time).unwrap().unwrap();
+            assert!(!syncer.is_syncing());
         }
-        for _ in 0..50 {
-            rx.recv_timeout(std::time::Duration::from_secs(30))
-                .unwrap()
-                .unwrap();
-        }
-        // A failed syncer does not keep the writer waiting either.
+        // A failed fsync runs the hook too: a writer waiting for the end of
+        // an fsync is never left waiting.
         let failed = WalSyncer::start(dir.path().join("missing-wal")).unwrap();
+        let (hook_tx, hook_rx) = std::sync::mpsc::channel();
+        let hook_tx = Mutex::new(hook_tx);
+        failed.on_synced(Box::new(move || {
+            let _ = hook_tx.lock().unwrap().send(());
+        }));
         let (tx, rx) = report();
         failed.committed_then(to(&tx));
-        failed.wait_idle(std::time::Duration::from_secs(30));
-        assert!(
-            rx.recv_timeout(std::time::Duration::from_secs(30))
-                .unwrap()
-                .is_err()
-        );
+        hook_rx.recv_timeout(in_time).unwrap();
+        assert!(rx.recv_timeout(in_time).unwrap().is_err());
+        assert!(!failed.is_syncing());
     }
 
     #[tokio::test]
