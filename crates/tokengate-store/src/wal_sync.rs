@@ -87,7 +87,7 @@ struct Shared {
     wake: Condvar,
     /// Told after every fsync: the writer thread, which keeps a batch
     /// open while an fsync runs (`SqliteWriter::commit_gathering`).
-    on_synced: Mutex<Option<SyncedHook>>,
+    on_synced: Mutex<Vec<SyncedHook>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -155,7 +155,7 @@ impl WalSyncer {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
-            on_synced: Mutex::new(None),
+            on_synced: Mutex::new(Vec::new()),
         });
         let (tx, rx) = watch::channel(Synced::default());
         let thread_shared = shared.clone();
@@ -241,13 +241,14 @@ impl WalSyncer {
     }
 
     /// Call `hook` on the sync thread after every fsync, successful or not
-    /// (replaces an earlier hook). It must not block.
+    /// (in addition to the hooks added before: every group committer on
+    /// this store gets its wake-up). It must not block.
     pub(crate) fn on_synced(&self, hook: SyncedHook) {
-        *self
-            .shared
+        self.shared
             .on_synced
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(hook);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(hook);
     }
 }
 
@@ -338,11 +339,11 @@ fn take_waiters(
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         take(&mut p)
     };
-    if let Some(hook) = shared
+    for hook in shared
         .on_synced
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .as_ref()
+        .iter()
     {
         hook();
     }
