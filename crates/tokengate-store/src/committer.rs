@@ -177,10 +177,10 @@ fn answer(
 /// it is on disk. While an fsync runs the thread keeps its batch open and
 /// applies the jobs arriving meanwhile, and commits as soon as the fsync
 /// ends (`SqliteWriter::commit_gathering`; the sync thread's hook puts a
-/// `Synced` on the queue to wake it). Per batch that is one wake-up of this
-/// thread (none while jobs keep arriving) and one of the sync thread,
-/// instead of a hop to the blocking pool and back and a task per batch
-/// waiting for the sync. Gives `rx` back if the thread cannot be started.
+/// `Synced` on the queue to wake it). The thread wakes for each job that
+/// arrives while it waits and once at the end of the fsync; there is no
+/// hop to the blocking pool and back, and no task per batch waiting for
+/// the sync. Gives `rx` back if the thread cannot be started.
 fn spawn_writer_thread(
     writer: crate::sqlite_writer::SqliteWriter,
     rx: mpsc::Receiver<Msg>,

@@ -66,7 +66,7 @@ impl SqliteWriter {
         // from 4.3–8.8 ms to 3.5–3.6 ms at the same throughput (4,000
         // pages: 11–27 ms). A checkpoint on a thread of its own was worse
         // (its database fsync delays the WAL fsync; docs/BENCHMARKS.md,
-        // "Smaller WAL checkpoints").
+        // "Kept: a WAL checkpoint every 500 pages").
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; \
              PRAGMA secure_delete = ON; PRAGMA foreign_keys = ON; PRAGMA cache_size = -16384; \

@@ -1939,12 +1939,15 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `N` distinct free ports. Every listener is held until all are chosen:
+/// dropped one by one, the kernel may hand the same port out twice (it did:
+/// Pebble's DNS server and its management API were once given one port,
+/// and the management API could not start).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
 }
 
 fn wait_for_port(port: u16) {
@@ -2018,14 +2021,14 @@ fn start_pebble(base: &Path) -> Pebble {
     let api_crt = write(base, "pebble-api.crt", api.cert.pem());
     let api_key = write(base, "pebble-api.key", api.key.serialize_pem());
     let api_ca = write(base, "pebble-api-root.pem", api_root.cert.pem());
-    let (dir_port, mgmt_port, http_port, tls_port, dns_port, chall_port) = (
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-    );
+    let [
+        dir_port,
+        mgmt_port,
+        http_port,
+        tls_port,
+        dns_port,
+        chall_port,
+    ] = free_ports();
     let config = serde_json::json!({"pebble": {
         "listenAddress": format!("127.0.0.1:{dir_port}"),
         "managementListenAddress": format!("127.0.0.1:{mgmt_port}"),
