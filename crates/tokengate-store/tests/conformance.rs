@@ -802,23 +802,30 @@ async fn acme_state_challenges_and_accounts(store: &Store) {
 }
 conformance!(acme_store, acme_state_challenges_and_accounts);
 
-async fn group_commit_under_concurrency(store: &Store) {
+/// `n` token inserts submitted at once through one group committer (the
+/// token of job `i` named `name(i)`), and their results in order.
+async fn submit_concurrently(
+    store: &Store,
+    n: usize,
+    name: impl Fn(usize) -> String,
+) -> Vec<JobResult> {
     let committer = GroupCommitter::spawn(store.clone(), Arc::new(signer()), 64);
     let mut handles = Vec::new();
-    for i in 0..300 {
+    for i in 0..n {
         let c = committer.clone();
-        handles.push(tokio::spawn(async move {
-            c.submit(insert_job(token_row(
-                &format!("tok_{i}"),
-                (i % 250) as u8,
-                false,
-            )))
-            .await
-        }));
+        let job = insert_job(token_row(&name(i), (i % 250) as u8, false));
+        handles.push(tokio::spawn(async move { c.submit(job).await }));
     }
+    let mut results = Vec::new();
     for h in handles {
-        assert!(h.await.unwrap().unwrap().is_ok());
+        results.push(h.await.unwrap().unwrap());
     }
+    results
+}
+
+async fn group_commit_under_concurrency(store: &Store) {
+    let results = submit_concurrently(store, 300, |i| format!("tok_{i}")).await;
+    assert!(results.iter().all(Result::is_ok));
     assert_eq!(store.count_tokens().await.unwrap(), 300);
     assert_eq!(verify(store).await, 300);
     let for_token = store.audit_events_for(Some("tok_7"), None).await.unwrap();
@@ -833,22 +840,10 @@ conformance!(group_commit, group_commit_under_concurrency);
 /// succeeds, every other one is a conflict, and the audit chain holds
 /// exactly the successful jobs' records.
 async fn group_commit_with_conflicts(store: &Store) {
-    let committer = GroupCommitter::spawn(store.clone(), Arc::new(signer()), 64);
-    let mut handles = Vec::new();
-    for i in 0..200 {
-        let c = committer.clone();
-        handles.push(tokio::spawn(async move {
-            c.submit(insert_job(token_row(
-                &format!("tok_dup_{}", i % 50),
-                (i % 50) as u8,
-                false,
-            )))
-            .await
-        }));
-    }
+    let results = submit_concurrently(store, 200, |i| format!("tok_dup_{}", i % 50)).await;
     let (mut ok, mut conflicts) = (0, 0);
-    for h in handles {
-        match h.await.unwrap().unwrap() {
+    for r in results {
+        match r {
             Ok(_) => ok += 1,
             Err(JobError::Conflict) => conflicts += 1,
             Err(e) => panic!("unexpected job error {e:?}"),
