@@ -224,13 +224,9 @@ impl WalSyncer {
 }
 
 impl WalSyncer {
-    /// Wait (at most `max`) while an fsync is running. A commit made now
-    /// could not be acknowledged before the *next* fsync anyway, so the
-    /// writer loses nothing by waiting, and the jobs that arrive meanwhile
-    /// join one larger commit instead of several small ones: each commit
-    /// writes its dirty pages to the WAL whole, so fewer commits write (and
-    /// later checkpoint and fsync) fewer bytes per job.
-    /// Whether an fsync is running now.
+    /// Whether an fsync is running now (false once one has failed). The
+    /// writer keeps its batch open while this holds: a commit made now
+    /// could not be acknowledged before the *next* fsync anyway.
     pub(crate) fn is_syncing(&self) -> bool {
         let p = self
             .shared
