@@ -161,21 +161,13 @@ impl SqliteWriter {
             }
         };
         let deadline = std::time::Instant::now() + MAX_GATHER;
-        // Optimistic first, as in `commit_sync`; a conflict redoes every job
-        // gathered so far with savepoints and goes on gathering.
-        let mut savepoints = false;
-        let result = loop {
-            match self.gather(
+        // A conflict redoes every job gathered so far with savepoints, and
+        // gathering goes on.
+        let result = optimistic(|savepoints| {
+            self.gather(
                 &mut guard, &mut jobs, &mut tags, max_batch, next, deadline, savepoints, signer,
-            ) {
-                Ok(results) => break Ok(results),
-                Err(Retry::WithSavepoints) if !savepoints => savepoints = true,
-                Err(Retry::WithSavepoints) => {
-                    break Err(StoreError::Database("conflict outside a savepoint".into()));
-                }
-                Err(Retry::Fail(e)) => break Err(e),
-            }
-        };
+            )
+        });
         match result {
             // Still under the connection lock: generations follow WAL order.
             Ok(results) => self
@@ -190,6 +182,8 @@ impl SqliteWriter {
 
     /// One attempt of [`commit_gathering`](Self::commit_gathering): apply
     /// the jobs gathered so far, gather more while an fsync runs, commit.
+    // The gathering state lives in `commit_gathering` and must survive a
+    // redo with savepoints, so it is passed in piece by piece.
     #[allow(clippy::too_many_arguments)]
     fn gather<R>(
         &self,
@@ -232,13 +226,17 @@ fn commit_sync(
     jobs: &[Job],
     signer: &dyn HeadSigner,
 ) -> Result<Vec<JobResult>, StoreError> {
-    // Optimistic first: no savepoints. A job that hits a uniqueness conflict
-    // aborts this attempt and the batch is redone with a savepoint per job,
-    // so that only the conflicting job is rolled back.
-    match commit_attempt(conn, jobs, signer, false) {
+    optimistic(|savepoints| commit_attempt(conn, jobs, signer, savepoints))
+}
+
+/// Run `attempt` optimistically first, without savepoints. A job that hits
+/// a uniqueness conflict aborts that attempt, and the batch is redone with a
+/// savepoint per job, so that only the conflicting job is rolled back.
+fn optimistic<T>(mut attempt: impl FnMut(bool) -> Result<T, Retry>) -> Result<T, StoreError> {
+    match attempt(false) {
         Ok(r) => Ok(r),
         Err(Retry::Fail(e)) => Err(e),
-        Err(Retry::WithSavepoints) => match commit_attempt(conn, jobs, signer, true) {
+        Err(Retry::WithSavepoints) => match attempt(true) {
             Ok(r) => Ok(r),
             Err(Retry::Fail(e)) => Err(e),
             Err(Retry::WithSavepoints) => {

@@ -689,11 +689,7 @@ fn cli_writes_get_through_while_the_server_is_under_load() {
     let dir = base.join("data");
     let admin = init(&dir);
     let server = Server::start(&dir, &base.join("server.log"), &[]);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let key = rt.block_on(new_key(&client(), &server.base, &admin, &["tokenize"]));
     let stop = Arc::new(AtomicBool::new(false));
     let created = Arc::new(AtomicU64::new(0));

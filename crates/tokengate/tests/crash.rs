@@ -17,11 +17,7 @@ fn acknowledged_tokens_survive_kill_9() {
     let admin = init(&dir);
     let log = base.join("server.log");
     let mut server = Server::start(&dir, &log, &[]);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
 
     let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::new(Mutex::new(Vec::new()));
     let key = rt.block_on(new_key(

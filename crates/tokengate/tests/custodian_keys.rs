@@ -255,11 +255,7 @@ fn shares_encrypted_to_age_keys_interoperate_with_the_age_cli() {
     let log = base.join("server.log");
     let server = Server::start(&dir, &log, &[]);
     let addr = server.base.clone();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let c = client();
     rt.block_on(async {
         let r = c

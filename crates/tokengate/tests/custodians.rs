@@ -119,11 +119,7 @@ fn shares_unseal_k_and_only_k() {
     // arrive over the API.
     let server = Server::start(&dir, &base.join("server.log"), &[]);
     let addr = server.base.clone();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let c = client();
     rt.block_on(async {
         let r = c.get(format!("{addr}/healthz")).send().await.unwrap();

@@ -100,11 +100,7 @@ fn rotate_online_and_rewrap_survives_kill_9() {
     let dir = base.join("data");
     let admin = init(&dir);
     let server = Server::start(&dir, &base.join("server.log"), &[]);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let c = client();
     let key = rt.block_on(new_key(&c, &server.base, &admin, &["tokenize", "reveal"]));
     let mut tokens = Vec::new();
@@ -242,11 +238,7 @@ fn admin_api_and_cli_errors() {
     let dir = base.join("data");
     let admin = init(&dir);
     let server = Server::start(&dir, &base.join("server.log"), &[]);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let c = client();
     let b = server.base.clone();
     rt.block_on(async {

@@ -36,11 +36,7 @@ fn no_card_number_reaches_logs_or_files() {
         &log,
         &[("TOKENGATE_LOG", "debug,hyper=info,h2=info,rustls=info")],
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let pans = pans();
     rt.block_on(async {
         let c = client();

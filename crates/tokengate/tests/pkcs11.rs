@@ -123,11 +123,7 @@ fn vault_lifecycle_with_the_root_key_in_softhsm2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refused the PIN"), "{err}");
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let env_refs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let log = base.join("server.log");
     let pans = ["4242424242424242", "5555555555554444"];

@@ -18,11 +18,7 @@ fn two_nodes_on_postgresql() {
     let Some(node_url) = fresh_pg_schema("e2e") else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
 
     let base = test_dir("pg-");
     let dir = base.join("data");

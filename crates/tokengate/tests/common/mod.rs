@@ -167,6 +167,16 @@ impl Drop for Server {
     }
 }
 
+/// The runtime the blocking tests drive their HTTP clients on: two
+/// workers, like the machines the suite runs on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .danger_accept_invalid_certs(true)
