@@ -6,7 +6,9 @@
 #   tokengate   wrk → tokengate proxy (TLS) → upstream
 # each with the card-number payload (tokengate tokenizes the card field;
 # nginx passes it through) and with a card-free payload (pass-through both).
-# Both proxies get the same ECDSA P-256 certificate.
+# Both proxies get the same ECDSA P-256 certificate. Each case also prints
+# the CPU (user+system, from /proc) per completed request of the process
+# under test (nginx: master and workers) and of the upstream.
 # Usage: bench/proxy-bench.sh [duration_s] [connections] [rounds]
 # Needs: a release build, nginx and wrk (apt-get install nginx wrk), openssl.
 set -euo pipefail
@@ -109,17 +111,32 @@ curl -sf -o /dev/null "http://127.0.0.1:$UP/x"
 curl -sfk -o /dev/null -X POST -H 'content-type: application/json' --data '{"card":{"number":"4242424242424242"}}' "https://localhost:$NGX/tok"
 curl -sfk -o /dev/null -X POST -H 'content-type: application/json' --data '{"card":{"number":"4242424242424242"}}' "https://localhost:$TGP/tok"
 
-run() { # label url script
+# CPU ticks (user+system) of a set of processes, from /proc.
+TICK=$(getconf CLK_TCK)
+ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
+pids_of() { # nginx instance dir: master and workers
+    local m; m=$(cat "$1/nginx.pid"); echo "$m" $(pgrep -P "$m")
+}
+run() { # label url script pids-of-the-proxy-under-test
     echo "== $1"
-    wrk -t2 -c"$CONN" -d"${DUR}s" --latency -s "$BENCH/$3" "$2" | grep -E 'Requests/sec|Latency|^ +(50|90|99)%|Non-2xx|Socket errors'
+    local proxy=($4) up; up=($(pids_of up))
+    local p0 u0 p1 u1 out
+    p0=$(ticks "${proxy[@]}"); u0=$(ticks "${up[@]}")
+    out=$(wrk -t2 -c"$CONN" -d"${DUR}s" --latency -s "$BENCH/$3" "$2")
+    p1=$(ticks "${proxy[@]}"); u1=$(ticks "${up[@]}")
+    echo "$out" | grep -E 'Requests/sec|Latency|^ +(50|90|99)%|Non-2xx|Socket errors'
+    # CPU per completed request: the process under test (for "direct", the
+    # upstream itself) and the upstream.
+    echo "$out" | awk -v p=$((p1 - p0)) -v u=$((u1 - u0)) -v t="$TICK" \
+        '/requests in/{printf "CPU per request: proxy %.1f us, upstream %.1f us\n", p / t * 1e6 / $1, u / t * 1e6 / $1}'
 }
 for r in $(seq "$ROUNDS"); do
     echo "#### round $r ($(date -u +%H:%M:%S) UTC, ${DUR}s, $CONN connections)"
-    run "direct, card payload" "http://127.0.0.1:$UP/tok" proxy-tokenize.lua
-    run "nginx proxy_pass, card payload (passed through)" "https://localhost:$NGX/tok" proxy-tokenize.lua
-    run "tokengate, card payload (card field tokenized)" "https://localhost:$TGP/tok" proxy-tokenize.lua
-    run "direct, card-free payload" "http://127.0.0.1:$UP/pass" proxy-pass.lua
-    run "nginx proxy_pass, card-free payload" "https://localhost:$NGX/pass" proxy-pass.lua
-    run "tokengate pass-through, card-free payload" "https://localhost:$TGP/pass" proxy-pass.lua
+    run "direct, card payload" "http://127.0.0.1:$UP/tok" proxy-tokenize.lua "$(pids_of up)"
+    run "nginx proxy_pass, card payload (passed through)" "https://localhost:$NGX/tok" proxy-tokenize.lua "$(pids_of ngx)"
+    run "tokengate, card payload (card field tokenized)" "https://localhost:$TGP/tok" proxy-tokenize.lua "$TG_PID"
+    run "direct, card-free payload" "http://127.0.0.1:$UP/pass" proxy-pass.lua "$(pids_of up)"
+    run "nginx proxy_pass, card-free payload" "https://localhost:$NGX/pass" proxy-pass.lua "$(pids_of ngx)"
+    run "tokengate pass-through, card-free payload" "https://localhost:$TGP/pass" proxy-pass.lua "$TG_PID"
 done
 "$TG" audit verify --data-dir tg | tail -1
