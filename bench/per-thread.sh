@@ -13,7 +13,8 @@
 # Usage: [TOKENGATE_BIN=path] [CONN=64] [DUR=8] [SERVER_ENV="K=V …"] \
 #        bench/per-thread.sh tokenize|healthz|webhook
 #   SERVER_ENV: extra environment of the server process only.
-# Needs: a release build, wrk, GNU time (/usr/bin/time).
+# Needs: a release build, wrk, GNU time (/usr/bin/time), and root: tokengate
+# marks itself not dumpable, which makes its /proc/<pid>/io root-only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE="${1:?tokenize | healthz | webhook}"

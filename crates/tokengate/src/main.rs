@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod audit_cmd;
+mod hardening;
 
 /// mimalloc instead of glibc's malloc (measured: docs/BENCHMARKS.md).
 #[global_allocator]
@@ -143,6 +144,11 @@ enum CaCmd {
 }
 
 fn main() -> ExitCode {
+    // Before anything sensitive is in memory (arguments included).
+    if let Err(e) = hardening::apply() {
+        eprintln!("error: {e}; refusing to run");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     tokengate_server::logging::install_panic_hook();
     // The scanner runs on plain threads (and its own runtime for

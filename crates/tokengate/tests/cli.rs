@@ -775,3 +775,85 @@ fn cli_writes_get_through_while_the_server_is_under_load() {
         .collect();
     assert_absent(&base, &used);
 }
+
+/// `kill -ABRT` on a process: how it ended.
+fn abort_and_wait(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let sent = std::process::Command::new("kill")
+        .args(["-ABRT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    child.wait().unwrap()
+}
+
+/// A crash must not copy the process's memory (card numbers, keys) into a
+/// core file. The server is started the way a debugging setup would start
+/// it, with `ulimit -c unlimited`, in a directory of its own; it tokenizes
+/// and reveals a card and is then sent SIGABRT. Before the hardening in
+/// `crates/tokengate/src/hardening.rs` this wrote a core file of about a
+/// gigabyte (sparse) holding the card number.
+#[test]
+fn a_crashing_server_writes_no_core_dump() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = test_dir("tg-core-");
+    let data = dir.join("data");
+    let admin = init(&data);
+    // Control: an ordinary process started the same way here does dump a
+    // core. Where the host collects none at all (no core support), the
+    // limits below are still checked.
+    let mut control = std::process::Command::new("sh")
+        .current_dir(&dir)
+        .args(["-c", "ulimit -c unlimited && exec sleep 30"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let control_dumped = abort_and_wait(&mut control).core_dumped();
+    for f in files_under(&dir) {
+        if f.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("core"))
+        {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
+    if !control_dumped {
+        eprintln!("note: this host dumps no core even for `sleep`; only the limits are checked");
+    }
+
+    let mut cmd = std::process::Command::new("sh");
+    cmd.current_dir(&dir)
+        .args(["-c", "ulimit -c unlimited && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_tokengate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env_remove("DATABASE_URL")
+        .env_remove("PORT")
+        .env_remove("TOKENGATE_DATA_DIR");
+    let mut server = Server::spawn(cmd, &dir.join("server.log"));
+    let pan = pan_from(424_242_424_242);
+    runtime().block_on(async {
+        let c = client();
+        let key = new_key(&c, &server.base, &admin, &["tokenize", "reveal"]).await;
+        tokenize_and_reveal(&c, &server.base, &key, &pan).await;
+    });
+    // The limit the shell raised was lowered again, soft and hard.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.child.id())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    let cols: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(&cols[4..6], ["0", "0"], "{core}");
+
+    let status = abort_and_wait(&mut server.child);
+    assert_eq!(status.signal(), Some(6), "{status:?}");
+    assert!(!status.core_dumped(), "the server dumped a core");
+    let cores: Vec<_> = files_under(&dir)
+        .into_iter()
+        .filter(|f| {
+            f.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("core"))
+        })
+        .collect();
+    assert!(cores.is_empty(), "core files: {cores:?}");
+    assert_absent(&dir, &[pan]);
+}

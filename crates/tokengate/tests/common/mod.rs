@@ -96,20 +96,25 @@ impl Server {
 
     /// [`Server::start`] with extra `serve` arguments (e.g. `--config FILE`).
     pub fn start_with(data_dir: &Path, log: &Path, envs: &[(&str, &str)], args: &[&str]) -> Server {
+        let mut cmd = bin();
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(args);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        Self::spawn(cmd, log)
+    }
+
+    /// Run `cmd` (a `serve` command line, possibly wrapped) and wait until
+    /// it listens; stderr goes to `log`.
+    pub fn spawn(mut cmd: Command, log: &Path) -> Server {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
-        let mut cmd = bin();
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file));
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::from(log_file));
         let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
