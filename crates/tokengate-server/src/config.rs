@@ -131,6 +131,10 @@ pub struct Config {
     /// Rotate a key automatically when its cryptoperiod is exceeded (records
     /// move to the new version with `tokengate keys rewrap`).
     pub key_auto_rotate: bool,
+    /// Lock every page of the `serve` process in RAM (`mlockall`), so that
+    /// card data and keys in memory never reach swap; `serve` refuses to
+    /// start if the lock fails. Off: a warning when the host has swap.
+    pub lock_memory: bool,
     /// Optional plain-HTTP listener that only redirects to HTTPS (308),
     /// except ACME HTTP-01 paths.
     pub http_listen: Option<SocketAddr>,
@@ -229,6 +233,7 @@ impl Default for Config {
             fingerprint_key_cryptoperiod_days: 365,
             cvc_key_cryptoperiod_days: 365,
             key_auto_rotate: false,
+            lock_memory: false,
             http_listen: None,
             public_https_port: None,
             behind_proxy: false,
@@ -407,6 +412,13 @@ impl Config {
                         "must be `true` or `false`",
                     ));
                 }
+            };
+        }
+        if let Some(v) = env.get("TOKENGATE_LOCK_MEMORY") {
+            cfg.lock_memory = match v.as_str() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => return Err(cerr("TOKENGATE_LOCK_MEMORY", "must be `true` or `false`")),
             };
         }
         if let Some(v) = env.get("TOKENGATE_BEHIND_PROXY") {
@@ -820,6 +832,22 @@ mod tests {
         let e = Config::load(Some(&f), &env(&[])).unwrap_err();
         assert!(e.field.contains("max_body_bytes"), "{e}");
         std::fs::write(&f, "colour = 1\n").unwrap();
+        assert!(Config::load(Some(&f), &env(&[])).is_err());
+    }
+
+    #[test]
+    fn lock_memory_from_file_and_environment() {
+        assert!(!Config::load(None, &env(&[])).unwrap().lock_memory);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "lock_memory = true\n").unwrap();
+        assert!(Config::load(Some(&f), &env(&[])).unwrap().lock_memory);
+        // The environment wins over the file.
+        let c = Config::load(Some(&f), &env(&[("TOKENGATE_LOCK_MEMORY", "false")])).unwrap();
+        assert!(!c.lock_memory);
+        let e = Config::load(None, &env(&[("TOKENGATE_LOCK_MEMORY", "on")])).unwrap_err();
+        assert_eq!(e.field, "TOKENGATE_LOCK_MEMORY");
+        std::fs::write(&f, "lock_memory = \"yes\"\n").unwrap();
         assert!(Config::load(Some(&f), &env(&[])).is_err());
     }
 

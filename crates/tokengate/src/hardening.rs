@@ -18,8 +18,11 @@
 //!   its `/proc/<pid>/mem` or `environ` (root still can).
 //!
 //! If either cannot be applied tokengate refuses to run (fail closed).
-//! Memory locking against swap is left to the host (no swap, or encrypted
-//! swap): see docs/operator-guide.md.
+//!
+//! Swap is the other way memory reaches a disk. [`keep_out_of_swap`] runs
+//! in `serve` once the configuration is read: with `lock_memory = true` it
+//! locks every page of the process in RAM (and refuses to start if it
+//! cannot); without it, it warns when the host has swap.
 
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
@@ -50,6 +53,81 @@ pub fn apply() -> Result<(), String> {
     Ok(())
 }
 
+/// `serve`'s defence against swap (see the module docs). `Err` when
+/// `lock` is asked for and the memory cannot be locked.
+pub fn keep_out_of_swap(lock: bool) -> Result<(), String> {
+    if lock {
+        lock_all()?;
+        tracing::info!("memory locked: no page of this process can be swapped out");
+        // Locked mappings count against a finite limit as a whole (not
+        // only their resident pages); without CAP_IPC_LOCK, a mapping made
+        // later beyond it fails, and with it an allocation.
+        if let Some(limit) = getrlimit(Resource::Memlock).current
+            && !can_lock_beyond_the_limit()
+        {
+            tracing::warn!(
+                limit_bytes = limit,
+                "lock_memory: the memory-lock limit is finite; unless tokengate has CAP_IPC_LOCK, \
+                 allocations beyond it will fail: set it to unlimited (systemd: LimitMEMLOCK=infinity)"
+            );
+        }
+        return Ok(());
+    }
+    let swaps = std::fs::read_to_string("/proc/swaps")
+        .map(|t| active_swaps(&t))
+        .unwrap_or_default();
+    if !swaps.is_empty() {
+        tracing::warn!(
+            swap = %swaps.join(","),
+            "swap is active and lock_memory is off: card data and keys in this process's memory may be \
+             written to swap; run without swap or with encrypted swap, or set lock_memory = true"
+        );
+    }
+    Ok(())
+}
+
+/// Every mapping, present and future, locked as its pages are first touched
+/// (`MCL_ONFAULT`: the allocator's reserved but unused address space is not
+/// made resident).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn lock_all() -> Result<(), String> {
+    use rustix::mm::{MlockAllFlags, mlockall};
+    mlockall(MlockAllFlags::CURRENT | MlockAllFlags::FUTURE | MlockAllFlags::ONFAULT).map_err(|e| {
+        format!(
+            "lock_memory = true, but the memory cannot be locked ({e}); raise the memory-lock limit \
+             (systemd: LimitMEMLOCK=infinity; docker run --ulimit memlock=-1) or grant CAP_IPC_LOCK"
+        )
+    })
+}
+
+/// `CAP_IPC_LOCK` in the effective set: locking is then not limited.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn can_lock_beyond_the_limit() -> bool {
+    use rustix::thread::{CapabilitySet, capabilities};
+    capabilities(None).is_ok_and(|c| c.effective.contains(CapabilitySet::IPC_LOCK))
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn can_lock_beyond_the_limit() -> bool {
+    false
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn lock_all() -> Result<(), String> {
+    Err("lock_memory = true is supported on Linux only".into())
+}
+
+/// The devices or files in use as swap, from `/proc/swaps` (a header line,
+/// then one line per area).
+fn active_swaps(proc_swaps: &str) -> Vec<String> {
+    proc_swaps
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -67,5 +145,17 @@ mod tests {
         ));
         // Applying twice is fine (the CLI may be started by a hardened parent).
         apply().unwrap();
+    }
+
+    #[test]
+    fn swap_areas_are_read_from_proc_swaps() {
+        let none = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n";
+        assert!(active_swaps(none).is_empty());
+        assert!(active_swaps("").is_empty());
+        let two = format!(
+            "{none}/dev/dm-1                               partition\t8388604\t\t0\t\t-2\n\
+             /swapfile                               file\t\t1048572\t\t0\t\t-3\n"
+        );
+        assert_eq!(active_swaps(&two), ["/dev/dm-1", "/swapfile"]);
     }
 }

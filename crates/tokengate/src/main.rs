@@ -386,6 +386,11 @@ async fn serve(
         cfg.listen = listen;
     }
     tokengate_server::logging::init(cfg.log_format);
+    // Before any key is generated or loaded.
+    if let Err(e) = hardening::keep_out_of_swap(cfg.lock_memory) {
+        eprintln!("error: {e}");
+        return Ok(ExitCode::FAILURE);
+    }
     if dev && is_fresh(&cfg.data_dir) {
         let out = tokengate_vault::init(&InitOptions {
             data_dir: cfg.data_dir.clone(),
