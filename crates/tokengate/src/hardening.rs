@@ -53,9 +53,30 @@ pub fn apply() -> Result<(), String> {
     Ok(())
 }
 
+/// What [`keep_out_of_swap`] found and did, for `/metrics`.
+#[derive(Clone, Copy, Debug)]
+pub struct MemoryProtection {
+    pub locked: bool,
+    /// Active swap areas on the host.
+    pub swap_areas: usize,
+}
+
+impl MemoryProtection {
+    /// Publish the process protections as gauges (the recorder must be
+    /// installed): core dumps are off whenever tokengate runs at all.
+    pub fn publish(self) {
+        metrics::gauge!("tokengate_process_core_dumps_disabled").set(1.0);
+        metrics::gauge!("tokengate_process_memory_locked").set(f64::from(u8::from(self.locked)));
+        metrics::gauge!("tokengate_host_swap_areas").set(self.swap_areas as f64);
+    }
+}
+
 /// `serve`'s defence against swap (see the module docs). `Err` when
 /// `lock` is asked for and the memory cannot be locked.
-pub fn keep_out_of_swap(lock: bool) -> Result<(), String> {
+pub fn keep_out_of_swap(lock: bool) -> Result<MemoryProtection, String> {
+    let swaps = std::fs::read_to_string("/proc/swaps")
+        .map(|t| active_swaps(&t))
+        .unwrap_or_default();
     if lock {
         lock_all()?;
         tracing::info!("memory locked: no page of this process can be swapped out");
@@ -71,11 +92,11 @@ pub fn keep_out_of_swap(lock: bool) -> Result<(), String> {
                  allocations beyond it will fail: set it to unlimited (systemd: LimitMEMLOCK=infinity)"
             );
         }
-        return Ok(());
+        return Ok(MemoryProtection {
+            locked: true,
+            swap_areas: swaps.len(),
+        });
     }
-    let swaps = std::fs::read_to_string("/proc/swaps")
-        .map(|t| active_swaps(&t))
-        .unwrap_or_default();
     if !swaps.is_empty() {
         tracing::warn!(
             swap = %swaps.join(","),
@@ -83,7 +104,10 @@ pub fn keep_out_of_swap(lock: bool) -> Result<(), String> {
              written to swap; run without swap or with encrypted swap, or set lock_memory = true"
         );
     }
-    Ok(())
+    Ok(MemoryProtection {
+        locked: false,
+        swap_areas: swaps.len(),
+    })
 }
 
 /// Every mapping, present and future, locked as its pages are first touched

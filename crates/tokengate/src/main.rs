@@ -387,9 +387,15 @@ async fn serve(
     }
     tokengate_server::logging::init(cfg.log_format);
     // Before any key is generated or loaded.
-    if let Err(e) = hardening::keep_out_of_swap(cfg.lock_memory) {
-        eprintln!("error: {e}");
-        return Ok(ExitCode::FAILURE);
+    let memory = match hardening::keep_out_of_swap(cfg.lock_memory) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if tokengate_server::run::metrics_handle().is_some() {
+        memory.publish();
     }
     if dev && is_fresh(&cfg.data_dir) {
         let out = tokengate_vault::init(&InitOptions {

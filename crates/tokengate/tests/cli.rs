@@ -843,6 +843,22 @@ fn a_crashing_server_writes_no_core_dump() {
         .unwrap();
     let cols: Vec<&str> = core.split_whitespace().collect();
     assert_eq!(&cols[4..6], ["0", "0"], "{core}");
+    let metrics = metrics_text(&server.base);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "tokengate_process_memory_locked 0")
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "tokengate_process_core_dumps_disabled 1")
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tokengate_host_swap_areas "))
+    );
 
     let status = abort_and_wait(&mut server.child);
     assert_eq!(status.signal(), Some(6), "{status:?}");
@@ -885,6 +901,13 @@ fn lock_memory_keeps_the_server_in_ram_or_refuses_to_start() {
         .unwrap();
     // The binary, the runtime's threads and the pages touched so far.
     assert!(locked_kb >= 1024, "VmLck {locked_kb} kB");
+    let metrics = metrics_text(&server.base);
+    for line in [
+        "tokengate_process_memory_locked 1",
+        "tokengate_process_core_dumps_disabled 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} not in /metrics");
+    }
     drop(server);
     let log = std::fs::read_to_string(dir.join("server.log")).unwrap();
     assert!(log.contains("memory locked"), "{log}");

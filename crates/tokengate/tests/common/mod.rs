@@ -190,6 +190,20 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// `GET {base}/metrics`, blocking.
+pub fn metrics_text(base: &str) -> String {
+    runtime().block_on(async {
+        client()
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
+}
+
 pub async fn new_key(c: &reqwest::Client, base: &str, admin: &str, roles: &[&str]) -> String {
     let v: Value = c
         .post(format!("{base}/v1/api-keys"))
