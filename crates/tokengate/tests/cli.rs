@@ -843,7 +843,7 @@ fn a_crashing_server_writes_no_core_dump() {
         .unwrap();
     let cols: Vec<&str> = core.split_whitespace().collect();
     assert_eq!(&cols[4..6], ["0", "0"], "{core}");
-    let metrics = metrics_text(&server.base);
+    let metrics = runtime().block_on(metrics_text(&client(), &server.base));
     assert!(
         metrics
             .lines()
@@ -901,7 +901,7 @@ fn lock_memory_keeps_the_server_in_ram_or_refuses_to_start() {
         .unwrap();
     // The binary, the runtime's threads and the pages touched so far.
     assert!(locked_kb >= 1024, "VmLck {locked_kb} kB");
-    let metrics = metrics_text(&server.base);
+    let metrics = runtime().block_on(metrics_text(&client(), &server.base));
     for line in [
         "tokengate_process_memory_locked 1",
         "tokengate_process_core_dumps_disabled 1",

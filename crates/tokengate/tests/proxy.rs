@@ -708,14 +708,7 @@ async fn edge_proxy_keeps_card_numbers_out_of_the_app() {
     assert_eq!(r.status(), 200);
 
     // --- Metrics per route.
-    let m = c
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&c, &base).await;
     assert!(m.contains("tokengate_proxy_requests_total"), "metrics");
     assert!(m.contains(r#"route="checkout""#));
     assert!(m.contains("tokengate_proxy_tokenized_fields_total"));

@@ -310,14 +310,7 @@ impl Tg {
     }
 
     async fn metrics(&self) -> String {
-        self.http
-            .get(format!("{}/metrics", self.server.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        metrics_text(&self.http, &self.server.base).await
     }
 
     fn cli(&self, args: &[&str]) -> (bool, String) {

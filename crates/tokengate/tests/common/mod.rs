@@ -190,18 +190,15 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
-/// `GET {base}/metrics`, blocking.
-pub fn metrics_text(base: &str) -> String {
-    runtime().block_on(async {
-        client()
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    })
+/// `GET {base}/metrics`: the Prometheus text.
+pub async fn metrics_text(c: &reqwest::Client, base: &str) -> String {
+    c.get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 pub async fn new_key(c: &reqwest::Client, base: &str, admin: &str, roles: &[&str]) -> String {
