@@ -920,7 +920,7 @@ fn lock_memory_keeps_the_server_in_ram_or_refuses_to_start() {
         eprintln!("note: not root; the refusal is not checked");
         return;
     }
-    let out = std::process::Command::new("setpriv")
+    let mut refused = std::process::Command::new("setpriv")
         .args(["--bounding-set=-ipc_lock", "--inh-caps=-ipc_lock"])
         .args(["prlimit", "--memlock=0:0", "--"])
         .arg(env!("CARGO_BIN_EXE_tokengate"))
@@ -928,8 +928,20 @@ fn lock_memory_keeps_the_server_in_ram_or_refuses_to_start() {
         .arg(&data)
         .env("TOKENGATE_LOCK_MEMORY", "true")
         .env_remove("DATABASE_URL")
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    // A server that started anyway would never exit: stop it and fail.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while refused.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = refused.kill();
+            panic!("serve started although its memory could not be locked");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = refused.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("memory cannot be locked"), "{stderr}");
