@@ -777,6 +777,40 @@ fn cli_writes_get_through_while_the_server_is_under_load() {
 }
 
 /// `kill -ABRT` on a process: how it ended.
+/// Files named `core…` under `dir`.
+fn core_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|f| {
+            f.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("core"))
+        })
+        .collect()
+}
+
+/// A key with `tokenize` and `reveal`, then one card tokenized and revealed
+/// through the server at `base`: the card number is in its memory.
+fn tokenize_one(base: &str, admin: &str, pan: &str) {
+    runtime().block_on(async {
+        let c = client();
+        let key = new_key(&c, base, admin, &["tokenize", "reveal"]).await;
+        tokenize_and_reveal(&c, base, &key, pan).await;
+    });
+}
+
+/// Panic unless `/metrics` at `base` has every one of `lines` as a line;
+/// the whole text otherwise.
+fn assert_metrics_lines(base: &str, lines: &[&str]) -> String {
+    let metrics = runtime().block_on(metrics_text(&client(), base));
+    for line in lines {
+        assert!(
+            metrics.lines().any(|l| l == *line),
+            "{line} not in /metrics"
+        );
+    }
+    metrics
+}
+
 fn abort_and_wait(child: &mut std::process::Child) -> std::process::ExitStatus {
     let sent = std::process::Command::new("kill")
         .args(["-ABRT", &child.id().to_string()])
@@ -808,33 +842,20 @@ fn a_crashing_server_writes_no_core_dump() {
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(200));
     let control_dumped = abort_and_wait(&mut control).core_dumped();
-    for f in files_under(&dir) {
-        if f.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("core"))
-        {
-            std::fs::remove_file(f).unwrap();
-        }
+    for f in core_files(&dir) {
+        std::fs::remove_file(f).unwrap();
     }
     if !control_dumped {
         eprintln!("note: this host dumps no core even for `sleep`; only the limits are checked");
     }
 
-    let mut cmd = std::process::Command::new("sh");
+    let mut cmd = bin_via(&["sh", "-c", "ulimit -c unlimited && exec \"$0\" \"$@\""]);
     cmd.current_dir(&dir)
-        .args(["-c", "ulimit -c unlimited && exec \"$0\" \"$@\""])
-        .arg(env!("CARGO_BIN_EXE_tokengate"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
-        .env_remove("DATABASE_URL")
-        .env_remove("PORT")
-        .env_remove("TOKENGATE_DATA_DIR");
+        .arg(&data);
     let mut server = Server::spawn(cmd, &dir.join("server.log"));
     let pan = pan_from(424_242_424_242);
-    runtime().block_on(async {
-        let c = client();
-        let key = new_key(&c, &server.base, &admin, &["tokenize", "reveal"]).await;
-        tokenize_and_reveal(&c, &server.base, &key, &pan).await;
-    });
+    tokenize_one(&server.base, &admin, &pan);
     // The limit the shell raised was lowered again, soft and hard.
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.child.id())).unwrap();
     let core = limits
@@ -843,17 +864,14 @@ fn a_crashing_server_writes_no_core_dump() {
         .unwrap();
     let cols: Vec<&str> = core.split_whitespace().collect();
     assert_eq!(&cols[4..6], ["0", "0"], "{core}");
-    let metrics = runtime().block_on(metrics_text(&client(), &server.base));
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "tokengate_process_memory_locked 0")
+    let metrics = assert_metrics_lines(
+        &server.base,
+        &[
+            "tokengate_process_memory_locked 0",
+            "tokengate_process_core_dumps_disabled 1",
+        ],
     );
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "tokengate_process_core_dumps_disabled 1")
-    );
+    // Its value is the host's.
     assert!(
         metrics
             .lines()
@@ -863,13 +881,7 @@ fn a_crashing_server_writes_no_core_dump() {
     let status = abort_and_wait(&mut server.child);
     assert_eq!(status.signal(), Some(6), "{status:?}");
     assert!(!status.core_dumped(), "the server dumped a core");
-    let cores: Vec<_> = files_under(&dir)
-        .into_iter()
-        .filter(|f| {
-            f.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("core"))
-        })
-        .collect();
+    let cores = core_files(&dir);
     assert!(cores.is_empty(), "core files: {cores:?}");
     assert_absent(&dir, &[pan]);
 }
@@ -888,11 +900,7 @@ fn lock_memory_keeps_the_server_in_ram_or_refuses_to_start() {
         &[("TOKENGATE_LOCK_MEMORY", "true")],
     );
     let pan = pan_from(737_373_737);
-    runtime().block_on(async {
-        let c = client();
-        let key = new_key(&c, &server.base, &admin, &["tokenize", "reveal"]).await;
-        tokenize_and_reveal(&c, &server.base, &key, &pan).await;
-    });
+    tokenize_one(&server.base, &admin, &pan);
     let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
     let locked_kb: u64 = status
         .lines()
@@ -901,13 +909,13 @@ fn lock_memory_keeps_the_server_in_ram_or_refuses_to_start() {
         .unwrap();
     // The binary, the runtime's threads and the pages touched so far.
     assert!(locked_kb >= 1024, "VmLck {locked_kb} kB");
-    let metrics = runtime().block_on(metrics_text(&client(), &server.base));
-    for line in [
-        "tokengate_process_memory_locked 1",
-        "tokengate_process_core_dumps_disabled 1",
-    ] {
-        assert!(metrics.lines().any(|l| l == line), "{line} not in /metrics");
-    }
+    let _ = assert_metrics_lines(
+        &server.base,
+        &[
+            "tokengate_process_memory_locked 1",
+            "tokengate_process_core_dumps_disabled 1",
+        ],
+    );
     drop(server);
     let log = std::fs::read_to_string(dir.join("server.log")).unwrap();
     assert!(log.contains("memory locked"), "{log}");
@@ -920,18 +928,21 @@ fn lock_memory_keeps_the_server_in_ram_or_refuses_to_start() {
         eprintln!("note: not root; the refusal is not checked");
         return;
     }
-    let mut refused = std::process::Command::new("setpriv")
-        .args(["--bounding-set=-ipc_lock", "--inh-caps=-ipc_lock"])
-        .args(["prlimit", "--memlock=0:0", "--"])
-        .arg(env!("CARGO_BIN_EXE_tokengate"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
-        .env("TOKENGATE_LOCK_MEMORY", "true")
-        .env_remove("DATABASE_URL")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut refused = bin_via(&[
+        "setpriv",
+        "--bounding-set=-ipc_lock",
+        "--inh-caps=-ipc_lock",
+        "prlimit",
+        "--memlock=0:0",
+        "--",
+    ])
+    .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+    .arg(&data)
+    .env("TOKENGATE_LOCK_MEMORY", "true")
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
     // A server that started anyway would never exit: stop it and fail.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while refused.try_wait().unwrap().is_none() {

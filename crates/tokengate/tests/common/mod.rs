@@ -9,7 +9,22 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 pub fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tokengate"));
+    bin_via(&[])
+}
+
+/// The binary run through `wrapper` (`sh -c '…'`, `setpriv …`; the binary's
+/// path is the wrapper's last argument), with the same clean environment
+/// as [`bin`].
+pub fn bin_via(wrapper: &[&str]) -> Command {
+    const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
+    let mut c = match wrapper.split_first() {
+        None => Command::new(BIN),
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(BIN);
+            c
+        }
+    };
     c.env_remove("DATABASE_URL")
         .env_remove("PORT")
         .env_remove("TOKENGATE_DATA_DIR");
