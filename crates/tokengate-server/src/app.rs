@@ -54,12 +54,10 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// `req_` + 12 hex digits of Unix ms + 12 hex digits that differ for every
 /// id this process makes: sorts by time, so audit-index inserts append.
 ///
-/// The tail is a per-process counter through a bijection of 48-bit values
-/// (an odd multiplier and a random per-process offset), so no two ids of
-/// one process share it within 2^48 requests, and two processes' ids do not
-/// line up. A request id is not a secret (a caller may send its own in
+/// A request id is not a secret (a caller may send its own in
 /// `X-Request-Id`), so it needs no CSPRNG call per request; that call was
-/// about 2 % of a tokenize's CPU (docs/BENCHMARKS.md, eighth machine).
+/// about 2 % of a tokenize's CPU (docs/BENCHMARKS.md, eighth machine). The
+/// tail is a per-process counter (see [`request_id_text`]).
 pub(crate) fn new_request_id() -> Ident {
     static OFFSET: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
         u64::from_le_bytes(tokengate_crypto::random::bytes().unwrap_or_else(|_| {
@@ -70,19 +68,31 @@ pub(crate) fn new_request_id() -> Ident {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let ms = tokengate_vault::clock::now_ms().max(0) as u64;
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tail = request_id_tail(n, *OFFSET);
+    Ident::new(&request_id_text(ms, n, *OFFSET))
+        .unwrap_or_else(|| Ident::from_static("req_unknown"))
+}
+
+/// The id for millisecond `ms` and counter `n`.
+///
+/// - The tail's first hex digit is always `a`. Identifiers that read like a
+///   card number (a Luhn-valid run of 12–19 decimal digits) are refused by
+///   every log and audit field; with random hex tails about one id in two
+///   hundred did (one in ten in some milliseconds), and became
+///   `req_unknown` in the audit record. The `a` cuts every digit run:
+///   the 12 hex digits of the millisecond start with `0` (until the year 2527),
+///   and 11 digits are too few for a card number.
+/// - The other 11 digits are the low 44 bits of `n * M + offset`: with `M`
+///   odd this is a bijection on 44-bit values, so no two ids of one process
+///   share a tail within 2^44 requests, and a random per-process offset
+///   keeps two processes' ids from lining up.
+fn request_id_text(ms: u64, n: u64, offset: u64) -> String {
+    const M: u64 = 0x9E37_79B9_7F4B; // odd
+    const LOW_44: u64 = (1 << 44) - 1;
+    let tail = (0xA << 44) | (n.wrapping_mul(M).wrapping_add(offset) & LOW_44);
     let mut bytes = [0u8; 12];
     bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
     bytes[6..].copy_from_slice(&tail.to_be_bytes()[2..]);
-    let hex = data_encoding::HEXLOWER.encode(&bytes);
-    Ident::new(&format!("req_{hex}")).unwrap_or_else(|| Ident::from_static("req_unknown"))
-}
-
-/// The low 48 bits of `n * M + offset`: with `M` odd this is a bijection
-/// on 48-bit values, so distinct counters (mod 2^48) give distinct tails.
-fn request_id_tail(n: u64, offset: u64) -> u64 {
-    const M: u64 = 0x9E37_79B9_7F4B; // odd
-    n.wrapping_mul(M).wrapping_add(offset) & 0xFFFF_FFFF_FFFF
+    format!("req_{}", data_encoding::HEXLOWER.encode(&bytes))
 }
 
 /// Assign the request id (the caller's `X-Request-Id` if it is a safe
@@ -391,29 +401,32 @@ mod tests {
     }
 
     #[test]
-    fn request_ids_are_distinct_and_sort_by_time() {
-        // The tail is a bijection: a run of counters never repeats it, and
-        // near the 48-bit wrap either.
-        let mut seen = std::collections::HashSet::new();
-        for n in (0..50_000u64).chain((1u64 << 48) - 50_000..(1u64 << 48)) {
-            assert!(
-                seen.insert(request_id_tail(n, 0xDEAD_BEEF_1234_5678)),
-                "{n}"
-            );
+    fn request_ids_are_distinct_sort_by_time_and_never_read_as_a_card_number() {
+        // Milliseconds whose hex digits are all decimal (the worst case for
+        // digit runs), and now.
+        let now = tokengate_vault::clock::now_ms() as u64;
+        for ms in [0x0123_4567_8901, 0x0999_9999_9999, now] {
+            let mut seen = std::collections::HashSet::new();
+            // A run of counters, and the run across the 44-bit wrap.
+            for n in (0..20_000u64).chain((1u64 << 44) - 20_000..(1u64 << 44)) {
+                let id = request_id_text(ms, n, 0xDEAD_BEEF_1234_5678);
+                let hex = id.strip_prefix("req_").unwrap();
+                assert_eq!(hex.len(), 24, "{id}");
+                assert!(
+                    hex.bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                );
+                assert_eq!(&hex[..12], format!("{ms:012x}"), "{id}");
+                assert!(Ident::new(&id).is_some(), "refused as card-like: {id}");
+                assert!(seen.insert(id), "{n}");
+            }
         }
         let ids: Vec<String> = (0..10_000)
             .map(|_| new_request_id().as_str().to_owned())
             .collect();
         let distinct: std::collections::HashSet<&String> = ids.iter().collect();
         assert_eq!(distinct.len(), ids.len());
-        for id in &ids {
-            let hex = id.strip_prefix("req_").unwrap();
-            assert_eq!(hex.len(), 24, "{id}");
-            assert!(
-                hex.bytes()
-                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-            );
-        }
+        assert!(ids.iter().all(|id| id != "req_unknown"));
         // The first 12 hex digits are the millisecond: non-decreasing.
         assert!(ids.windows(2).all(|w| w[0][4..16] <= w[1][4..16]));
     }
