@@ -8,6 +8,10 @@
 use tokengate_audit::{Action, Ident, Outcome, SafeText};
 use tokengate_store::{Job, Op, WebhookEventRow, WebhookOp, WebhookTarget};
 
+use std::borrow::Cow;
+
+use tokengate_crypto::KeyPurpose;
+
 use crate::access::{RequestMeta, event};
 use crate::error::VaultError;
 use crate::open::Vault;
@@ -26,6 +30,38 @@ impl Vault {
             Ok(Err(e)) => Err(VaultError::Internal(format!("webhook outbox: {e}"))),
             Err(_) => Err(VaultError::AuditUnavailable),
         }
+    }
+
+    /// The form in which a sender's event id is stored and de-duplicated:
+    /// the id as sent, unless it holds something that reads as a card
+    /// number. Such an id is never stored in clear: its card-like digits
+    /// are masked (last four kept), followed by `~fp<version>~` and 128 bits
+    /// of a keyed hash of the whole id under the fingerprint key.
+    ///
+    /// Masking alone made different ids one: two numeric ids with the same
+    /// length and last four digits masked to the same text, and the second
+    /// event was answered as a replay and never delivered. The keyed hash
+    /// keeps them apart without revealing them (an unkeyed hash of a card
+    /// number could be reversed by trying every number). After a
+    /// fingerprint-key rotation a replay of such an id hashes differently
+    /// and is delivered again (at least once, as every delivery is).
+    pub fn webhook_event_key(&self, id: &str) -> Result<String, VaultError> {
+        let masked = match tokengate_core::redact_pans(id) {
+            Cow::Borrowed(_) => return Ok(id.to_owned()),
+            Cow::Owned(m) => m,
+        };
+        let ring = self.ring();
+        let version = ring.active_version(KeyPurpose::Fingerprint)?;
+        let mac = ring.hmac(
+            KeyPurpose::Fingerprint,
+            version,
+            &[b"webhook-event-id-v1", id.as_bytes()],
+        )?;
+        let (tag, _) = mac.split_at(16);
+        Ok(format!(
+            "{masked}~fp{version}~{}",
+            data_encoding::HEXLOWER.encode(tag)
+        ))
     }
 
     /// Store a verified event. `Ok(true)`: stored now and durable;

@@ -472,6 +472,48 @@ async fn verification_idempotency_and_audited_refusals() {
     }
 }
 
+/// Event ids that read as card numbers: never stored or delivered in clear,
+/// and two different ones never become one. These two mask to the same
+/// text (`************1111`); each is stored and delivered, and only a real
+/// replay is answered as a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn card_like_event_ids_are_masked_and_stay_distinct() {
+    let (app, addr) = start_app().await;
+    let tg = Tg::start("wh-card-ids", Some(addr), "");
+    let t = now();
+    let ids = ["4111111111111111", "4000000000061111"];
+    for (i, id) in ids.iter().enumerate() {
+        let body = json!({"type": "invoice.paid", "n": i}).to_string();
+        let (s, v) = tg.standard(id, t, body.as_bytes()).await;
+        assert_eq!((s, v["status"].as_str()), (200, Some("stored")), "{v}");
+    }
+    let body = json!({"type": "invoice.paid", "n": 0}).to_string();
+    let (s, v) = tg.standard(ids[0], t, body.as_bytes()).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("duplicate")), "{v}");
+    wait_for("both delivered", 20, || app.count() >= 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.count(), 2, "each event once");
+    let delivered: Vec<String> = app
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            d.headers
+                .iter()
+                .find(|(k, _)| k == "webhook-id")
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        })
+        .collect();
+    assert_ne!(delivered[0], delivered[1]);
+    for id in &delivered {
+        assert!(id.starts_with("std:************1111~fp"), "{id}");
+    }
+    drop(tg.server);
+    assert_absent(&tg.dir, &ids.map(str::to_owned));
+}
+
 /// The app is down (503, then 429 with Retry-After) for a while: every
 /// event is delivered afterwards, in order, once, re-signed with Standard
 /// Webhooks v1 under the delivery secret; the Retry-After is honoured; card

@@ -280,8 +280,9 @@ pub async fn receive(
                 .encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body).as_ref())
         ),
     };
-    // An id is the sender's text: never store something card-like as is.
-    let event_id = tokengate_core::redact_pans(&event_id).into_owned();
+    // An id is the sender's text: never store something card-like as is,
+    // and never let two ids become one (see `webhook_event_key`).
+    let event_id = vault.webhook_event_key(&event_id)?;
     let (payload, event_type) = match screen(vault, src, &body, &meta).await {
         Ok(p) => p,
         Err(reason) => {
