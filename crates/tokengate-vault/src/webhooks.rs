@@ -5,12 +5,11 @@
 //! Payloads handed in here have already been screened for card numbers by
 //! the receiver (tokenized or masked); this module stores them as given.
 
-use tokengate_audit::{Action, Ident, Outcome, SafeText};
-use tokengate_store::{Job, Op, WebhookEventRow, WebhookOp, WebhookTarget};
-
 use std::borrow::Cow;
 
+use tokengate_audit::{Action, Ident, Outcome, SafeText};
 use tokengate_crypto::KeyPurpose;
+use tokengate_store::{Job, Op, WebhookEventRow, WebhookOp, WebhookTarget};
 
 use crate::access::{RequestMeta, event};
 use crate::error::VaultError;
