@@ -177,6 +177,15 @@ pub struct Generic {
 }
 
 impl Generic {
+    /// Whether the idempotency key is covered by the signature: the id
+    /// header is part of `signed_content`, or there is no id header (the id
+    /// is then the SHA-256 of the signed body). When it is not, a captured
+    /// request replayed within the tolerance with a new id verifies and is
+    /// a new event.
+    pub fn id_is_signed(&self) -> bool {
+        self.id_header.is_none() || self.template.uses(&Part::Id)
+    }
+
     /// Check that the template only uses headers that are configured.
     pub fn validate(&self) -> Result<(), String> {
         if self.header.trim().is_empty() {

@@ -281,3 +281,17 @@ fn secrets_are_not_debug_printed() {
     let s = Signer::new(STD_SECRET).unwrap();
     assert!(!format!("{s:?}").contains("MfKQ"));
 }
+
+#[test]
+fn an_unsigned_id_header_is_told_apart() {
+    let id_signed = |template: &str, id: Option<&str>| match generic(template, Some("X-Ts"), id) {
+        Scheme::Generic(g) => g.id_is_signed(),
+        _ => unreachable!(),
+    };
+    // The id header outside the signed content: a replay with a new id
+    // would verify.
+    assert!(!id_signed("{timestamp}.{body}", Some("X-Id")));
+    assert!(id_signed("{id}.{timestamp}.{body}", Some("X-Id")));
+    // No id header: the id is the hash of the (signed) body.
+    assert!(id_signed("{timestamp}.{body}", None));
+}

@@ -97,6 +97,17 @@ impl Receivers {
         for s in &cfg.sources {
             match build(s) {
                 Ok(src) => {
+                    if let Scheme::Generic(g) = src.verifier.scheme()
+                        && !g.id_is_signed()
+                    {
+                        tracing::warn!(
+                            source = %s.name,
+                            "webhook source: the id_header is not part of signed_content, so a captured \
+                             request replayed within tolerance_secs with a new id verifies and is stored \
+                             and delivered again; add {{id}} to signed_content if the sender signs the id, \
+                             or drop id_header (the SHA-256 of the body is then the id)"
+                        );
+                    }
                     sources.insert(s.name.clone(), src);
                 }
                 Err((field, msg)) => tracing::error!(%field, %msg, "webhook source left out"),
