@@ -75,12 +75,12 @@ pub(crate) fn new_request_id() -> Ident {
 /// The id for millisecond `ms` and counter `n`.
 ///
 /// - The tail's first hex digit is always `a`. Identifiers that read like a
-///   card number (a Luhn-valid run of 12–19 decimal digits) are refused by
-///   every log and audit field; with random hex tails about one id in two
-///   hundred did (one in ten in some milliseconds), and became
-///   `req_unknown` in the audit record. The `a` cuts every digit run:
-///   the 12 hex digits of the millisecond start with `0` (until the year 2527),
-///   and 11 digits are too few for a card number.
+///   card number (a run of 12–19 decimal digits that passes Luhn, or a
+///   longer run) are refused by every log and audit field; with random hex
+///   tails about one id in five hundred did (one in twenty-five in some
+///   milliseconds), and became `req_unknown` in the audit record. The `a`
+///   cuts every digit run: the 12 hex digits of the millisecond start with
+///   `0` (until the year 2527), and 11 digits are too few for a card number.
 /// - The other 11 digits are the low 44 bits of `n * M + offset`: with `M`
 ///   odd this is a bijection on 44-bit values, so no two ids of one process
 ///   share a tail within 2^44 requests, and a random per-process offset
