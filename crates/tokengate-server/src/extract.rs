@@ -1,4 +1,5 @@
-//! Extractors: PAN-safe JSON bodies and the authenticated caller.
+//! Extractors: PAN-safe JSON bodies and path parameters, and the
+//! authenticated caller.
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{StatusCode, header, request::Parts};
@@ -7,6 +8,57 @@ use tokengate_vault::{Caller, RequestMeta};
 
 use crate::app::AppState;
 use crate::error::ApiError;
+
+/// A path parameter (or a tuple of them) of type `T`. A segment that does
+/// not fit is a 400 `invalid_path` in the API's JSON error shape, naming the
+/// parameter and what it must be but never repeating the caller's text:
+/// axum's own rejection is plain text that echoes the value, which may be a
+/// card number sent where a token or a version belongs.
+#[derive(Debug)]
+pub struct PathParam<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for PathParam<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(PathParam(v)),
+            Err(rejection) => Err(path_error(&rejection)),
+        }
+    }
+}
+
+fn path_error(rejection: &axum::extract::rejection::PathRejection) -> ApiError {
+    use axum::extract::path::ErrorKind;
+    use axum::extract::rejection::PathRejection;
+    let message = match rejection {
+        PathRejection::FailedToDeserializePathParams(e) => match e.kind() {
+            // `key` is a name from our own route pattern, `expected_type` a
+            // Rust type name: neither came from the caller.
+            ErrorKind::InvalidUtf8InPathParam { key } => {
+                format!("the `{key}` part of the path is not valid UTF-8")
+            }
+            ErrorKind::ParseErrorAtKey {
+                key, expected_type, ..
+            } => format!("the `{key}` part of the path must be a `{expected_type}`"),
+            ErrorKind::ParseErrorAtIndex {
+                index,
+                expected_type,
+                ..
+            } => format!(
+                "path parameter {} must be a `{expected_type}`",
+                index.saturating_add(1)
+            ),
+            _ => "the path does not fit this route's parameters".to_owned(),
+        },
+        _ => "the path does not fit this route's parameters".to_owned(),
+    };
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", message)
+}
 
 /// A JSON request body of type `T`, size-limited, with errors that name the
 /// field and the problem but never repeat a value the caller sent.

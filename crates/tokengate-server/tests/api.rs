@@ -316,6 +316,41 @@ async fn every_error_path_has_its_code_and_no_5xx() {
 }
 
 /// What each role may do. `true` = allowed.
+/// A path segment that does not fit its route (not UTF-8, not a number
+/// where a key version belongs) is a 400 `invalid_path` in the JSON error
+/// shape, and the message never repeats what the caller sent: here a card
+/// number sent as a key version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_that_does_not_fit_is_a_json_400_that_repeats_nothing() {
+    let h = Harness::start().await;
+    let k = h.key(&["tokenize", "reveal"]).await;
+    let admin = h.admin.clone();
+    let cases: [(&str, &str, Option<&str>); 5] = [
+        ("GET", "/v1/tokens/%ff%fe", Some(&k)),
+        ("POST", "/v1/tokens/%ff/reveal", Some(&k)),
+        (
+            "DELETE",
+            "/v1/keys/data/versions/4111111111111111",
+            Some(&admin),
+        ),
+        ("DELETE", "/v1/keys/data/versions/-1", Some(&admin)),
+        ("POST", "/webhooks/%ff", None),
+    ];
+    for (method, path, key) in cases {
+        let (s, v) = h.call(method, path, key, None).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (400, Some("invalid_path")),
+            "{method} {path}: {v}"
+        );
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(!msg.is_empty());
+        assert!(!msg.contains("4111111111111111"), "echoes input: {msg}");
+        assert!(!msg.contains("-1"), "echoes input: {msg}");
+    }
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn role_matrix() {
     let h = Harness::start().await;

@@ -2,15 +2,16 @@
 //! task published. No authentication (the CA must read them); answers are
 //! public by design and expire after ten minutes.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::extract::PathParam;
 
 /// The key authorization for `token`, as text.
-pub async fn http01(State(s): State<AppState>, Path(token): Path<String>) -> Response {
+pub async fn http01(State(s): State<AppState>, PathParam(token): PathParam<String>) -> Response {
     // ACME tokens are base64url (RFC 8555 §8.3); anything else is not ours.
     let plausible = !token.is_empty()
         && token.len() <= 256

@@ -1,7 +1,7 @@
 //! `/v1/api-keys`: create (secret shown once), list, revoke. Role `admin`.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tokengate_vault::ApiKeyInfo;
@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::extract::{Authed, JsonBody};
+use crate::extract::{Authed, JsonBody, PathParam};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -102,7 +102,7 @@ pub async fn list(
 pub async fn revoke(
     State(s): State<AppState>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<StatusCode, ApiError> {
     s.vault.revoke_api_key(&caller, &id).await?;
     Ok(StatusCode::NO_CONTENT)

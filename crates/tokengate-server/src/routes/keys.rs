@@ -3,7 +3,7 @@
 //! re-fingerprint). Role `admin`; every change is audited.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tokengate_audit::Action;
@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::extract::{Authed, JsonBody};
+use crate::extract::{Authed, JsonBody, PathParam};
 
 /// One key version.
 #[derive(Debug, Serialize, ToSchema)]
@@ -157,7 +157,7 @@ pub async fn list(
 pub async fn rotate(
     State(s): State<AppState>,
     Authed(caller): Authed,
-    Path(purpose): Path<String>,
+    PathParam(purpose): PathParam<String>,
 ) -> Result<(StatusCode, Json<KeyVersionBody>), ApiError> {
     let actor = admin(&s, &caller, Action::KeyRotate).await?;
     let purpose = parse_purpose(&purpose)?;
@@ -173,7 +173,7 @@ pub async fn rotate(
 pub async fn min_version(
     State(s): State<AppState>,
     Authed(caller): Authed,
-    Path(purpose): Path<String>,
+    PathParam(purpose): PathParam<String>,
     JsonBody(body): JsonBody<MinVersionBody>,
 ) -> Result<StatusCode, ApiError> {
     let actor = admin(&s, &caller, Action::KeyMinDecryption).await?;
@@ -193,7 +193,7 @@ pub async fn min_version(
 pub async fn destroy(
     State(s): State<AppState>,
     Authed(caller): Authed,
-    Path((purpose, version)): Path<(String, u32)>,
+    PathParam((purpose, version)): PathParam<(String, u32)>,
 ) -> Result<StatusCode, ApiError> {
     let actor = admin(&s, &caller, Action::KeyDestroy).await?;
     let purpose = parse_purpose(&purpose)?;

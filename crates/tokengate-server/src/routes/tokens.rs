@@ -1,7 +1,7 @@
 //! `/v1/tokens`: tokenize, batch, metadata, reveal, delete, search.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorDetail};
-use crate::extract::{Authed, JsonBody};
+use crate::extract::{Authed, JsonBody, PathParam};
 
 /// A string that holds card data: zeroized on drop, never printed.
 #[derive(Clone, Default)]
@@ -267,7 +267,7 @@ pub async fn batch(
 pub async fn info(
     State(s): State<AppState>,
     Authed(caller): Authed,
-    Path(token): Path<String>,
+    PathParam(token): PathParam<String>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     Ok(Json(s.vault.token_info(&caller, &token).await?.into()))
 }
@@ -307,7 +307,7 @@ pub struct RevealResponse {
 pub async fn reveal(
     State(s): State<AppState>,
     Authed(caller): Authed,
-    Path(token): Path<String>,
+    PathParam(token): PathParam<String>,
 ) -> Result<Json<RevealResponse>, ApiError> {
     let card = s.vault.reveal(&caller, &token).await?;
     metrics::counter!("tokengate_reveals_total").increment(1);
@@ -331,7 +331,7 @@ pub async fn reveal(
 pub async fn delete(
     State(s): State<AppState>,
     Authed(caller): Authed,
-    Path(token): Path<String>,
+    PathParam(token): PathParam<String>,
 ) -> Result<StatusCode, ApiError> {
     s.vault.delete(&caller, &token).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use axum::Json;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -28,6 +28,7 @@ use zeroize::Zeroizing;
 use super::config::{CardFields, SourceConfig, WebhooksSection};
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::extract::PathParam;
 
 /// A token bucket: `rate` per second, burst of `rate`.
 #[derive(Debug)]
@@ -199,7 +200,7 @@ fn now_secs() -> i64 {
     ))]
 pub async fn receive(
     State(state): State<AppState>,
-    Path(source): Path<String>,
+    PathParam(source): PathParam<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
     let vault = state.vault.as_ref();
