@@ -317,6 +317,11 @@ impl Config {
             v.parse::<u64>()
                 .map_err(|_| cerr(key, "must be a whole number"))
         };
+        let parse_bool = |key: &str, v: String| match v.as_str() {
+            "true" | "1" => Ok(true),
+            "false" | "0" => Ok(false),
+            _ => Err(cerr(key, "must be `true` or `false`")),
+        };
         if let Some(v) = env.get("TOKENGATE_DATA_DIR") {
             cfg.data_dir = PathBuf::from(v);
         }
@@ -403,30 +408,13 @@ impl Config {
             cfg.cvc_key_cryptoperiod_days = parse_num("TOKENGATE_CVC_KEY_CRYPTOPERIOD_DAYS", v)?;
         }
         if let Some(v) = env.get("TOKENGATE_KEY_AUTO_ROTATE") {
-            cfg.key_auto_rotate = match v.as_str() {
-                "true" | "1" => true,
-                "false" | "0" => false,
-                _ => {
-                    return Err(cerr(
-                        "TOKENGATE_KEY_AUTO_ROTATE",
-                        "must be `true` or `false`",
-                    ));
-                }
-            };
+            cfg.key_auto_rotate = parse_bool("TOKENGATE_KEY_AUTO_ROTATE", v)?;
         }
         if let Some(v) = env.get("TOKENGATE_LOCK_MEMORY") {
-            cfg.lock_memory = match v.as_str() {
-                "true" | "1" => true,
-                "false" | "0" => false,
-                _ => return Err(cerr("TOKENGATE_LOCK_MEMORY", "must be `true` or `false`")),
-            };
+            cfg.lock_memory = parse_bool("TOKENGATE_LOCK_MEMORY", v)?;
         }
         if let Some(v) = env.get("TOKENGATE_BEHIND_PROXY") {
-            cfg.behind_proxy = match v.as_str() {
-                "true" | "1" => true,
-                "false" | "0" => false,
-                _ => return Err(cerr("TOKENGATE_BEHIND_PROXY", "must be `true` or `false`")),
-            };
+            cfg.behind_proxy = parse_bool("TOKENGATE_BEHIND_PROXY", v)?;
         }
         if let Some(v) = env.get("TOKENGATE_ALERT_WEBHOOK_URL") {
             cfg.alert_webhook_url = Some(v);

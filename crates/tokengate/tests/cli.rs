@@ -776,7 +776,6 @@ fn cli_writes_get_through_while_the_server_is_under_load() {
     assert_absent(&base, &used);
 }
 
-/// `kill -ABRT` on a process: how it ended.
 /// Files named `core…` under `dir`.
 fn core_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     files_under(dir)
@@ -811,6 +810,7 @@ fn assert_metrics_lines(base: &str, lines: &[&str]) -> String {
     metrics
 }
 
+/// `kill -ABRT` on a process: how it ended.
 fn abort_and_wait(child: &mut std::process::Child) -> std::process::ExitStatus {
     let sent = std::process::Command::new("kill")
         .args(["-ABRT", &child.id().to_string()])
